@@ -1,0 +1,111 @@
+"""Curvature-vector products on an already built autograd graph (one batch).
+
+Both the data-set operators and the optimisers use these: the optimisers get the graph from the
+user's closure, the operators build it per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+Product = Callable[[Sequence[Tensor]], list[Tensor]]
+
+
+def _fill(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> list[Tensor]:
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
+def check_scalar_loss(loss: object) -> Tensor:
+    """Return ``loss`` if it is a 0-dim floating tensor, else raise naming what was received."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"The loss must be a scalar tensor; got {type(loss).__name__}.")
+    if loss.ndim != 0:
+        raise ValueError(
+            f"The loss must be a scalar (0-dim) tensor; got shape {tuple(loss.shape)}. "
+            "Use reduction='mean' or 'sum'."
+        )
+    return loss
+
+
+def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor], Product]:
+    r"""Differentiate ``loss`` once with ``create_graph`` and return its gradient and ``v -> H v``.
+
+    Each product is one backward pass through the gradient's graph (Pearlmutter's trick by
+    double backward); the forward pass and first backward are shared by all products.
+
+    Returns:
+        The detached gradient (one tensor per parameter, zeros for unused ones) and the
+        Hessian-vector product on lists of parameter-shaped tensors.
+    """
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def product(vs: Sequence[Tensor]) -> list[Tensor]:
+        if not live:
+            return [torch.zeros_like(p) for p in params]
+        hv = torch.autograd.grad(
+            [grads[i] for i in live],
+            params,
+            grad_outputs=[vs[i] for i in live],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return _fill(hv, params)
+
+    return _fill([None if g is None else g.detach() for g in grads], params), product
+
+
+def ggn_product(
+    loss: Tensor,
+    outputs: Tensor,
+    params: Sequence[Tensor],
+    output_hessian: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[list[Tensor], Product]:
+    r"""Return the gradient of ``loss`` and ``v -> J^T H_l J v`` on the graph of ``outputs``.
+
+    :math:`J` is the Jacobian of ``outputs`` with respect to ``params``; :math:`H_l` the Hessian
+    of ``loss`` with respect to ``outputs`` (by autograd unless ``output_hessian`` is given).
+    :math:`J v` uses the double-backward trick: :math:`J^T u` is linear in a dummy :math:`u`, and
+    differentiating it with respect to :math:`u` gives :math:`J v`.
+    """
+    if not isinstance(outputs, Tensor) or not outputs.requires_grad:
+        raise ValueError(
+            "GGN curvature needs the model outputs attached to the graph of the loss; "
+            "got outputs that do not require grad."
+        )
+    (g_out,) = torch.autograd.grad(loss, outputs, create_graph=output_hessian is None)
+    grads = torch.autograd.grad(
+        outputs, params, grad_outputs=g_out.detach(), retain_graph=True, allow_unused=True
+    )
+    dummy = torch.zeros_like(outputs, requires_grad=True)
+    jt_dummy = torch.autograd.grad(
+        outputs, params, grad_outputs=dummy, create_graph=True, allow_unused=True
+    )
+    live = [i for i, g in enumerate(jt_dummy) if g is not None and g.requires_grad]
+
+    def h_out(u: Tensor) -> Tensor:
+        if output_hessian is not None:
+            return output_hessian(u)
+        if not g_out.requires_grad:
+            return torch.zeros_like(u)
+        (hu,) = torch.autograd.grad(g_out, outputs, grad_outputs=u, retain_graph=True)
+        return hu
+
+    def product(vs: Sequence[Tensor]) -> list[Tensor]:
+        if not live:
+            return [torch.zeros_like(p) for p in params]
+        (jv,) = torch.autograd.grad(
+            [jt_dummy[i] for i in live],
+            dummy,
+            grad_outputs=[vs[i] for i in live],
+            retain_graph=True,
+        )
+        gv = torch.autograd.grad(
+            outputs, params, grad_outputs=h_out(jv), retain_graph=True, allow_unused=True
+        )
+        return _fill(gv, params)
+
+    return _fill([None if g is None else g.detach() for g in grads], params), product

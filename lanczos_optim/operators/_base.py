@@ -1,0 +1,219 @@
+"""Shared machinery of the curvature operators: data handling, sample weighting, reduction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lanczos_optim._graph_products import check_scalar_loss
+from lanczos_optim._model_state import check_bn_mode, curvature_mode
+from lanczos_optim.flatten import flatten_tensors, unflatten_vector
+
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _is_batch(obj: object) -> bool:
+    return isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], Tensor)
+
+
+def check_data(data: object) -> Sequence[Batch] | Iterable[Batch]:
+    """Accept one ``(inputs, targets)`` batch or a re-iterable of them (list, DataLoader).
+
+    Raises:
+        TypeError: If ``data`` is neither, or is a one-shot iterator.
+        ValueError: If ``data`` is an empty list or tuple.
+    """
+    if _is_batch(data):
+        return [tuple(data)]  # type: ignore[list-item]
+    if isinstance(data, Tensor) or not isinstance(data, Iterable):
+        raise TypeError(
+            "data must be one (inputs, targets) batch or an iterable of such batches "
+            f"(e.g. a DataLoader); got {type(data).__name__}."
+        )
+    if isinstance(data, Iterator):
+        raise TypeError(
+            "data must be re-iterable (a list of batches or a DataLoader), since every product "
+            f"passes over it again; got a one-shot {type(data).__name__}."
+        )
+    if isinstance(data, (list, tuple)) and len(data) == 0:
+        raise ValueError("data is empty; give at least one (inputs, targets) batch.")
+    return data  # type: ignore[return-value]
+
+
+def select_params(
+    model: nn.Module, params: Iterable[Tensor] | None
+) -> tuple[list[Tensor], list[str]]:
+    """Return the chosen parameters and their names in ``model`` (default: all trainable)."""
+    named = {id(p): n for n, p in model.named_parameters()}
+    chosen = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    if not chosen:
+        raise ValueError("No parameters to differentiate: params is empty or all are frozen.")
+    names = []
+    for i, p in enumerate(chosen):
+        if id(p) not in named:
+            raise ValueError(f"params[{i}] (shape {tuple(p.shape)}) is not a parameter of model.")
+        if not p.requires_grad:
+            raise ValueError(f"params[{i}] ({named[id(p)]}) does not require grad.")
+        names.append(named[id(p)])
+    if len(set(names)) != len(names):
+        raise ValueError("params lists the same parameter twice.")
+    return chosen, names
+
+
+class CurvatureOperator:
+    r"""A symmetric curvature matrix of a model's loss as a linear operator on the flat parameters.
+
+    Over a data set of :math:`N` samples split into batches :math:`b` with batch-mean losses
+    :math:`L_b`, the operator is the exact sample average
+
+    .. math::
+        C = \sum_b \frac{|b|}{N} C_b ,
+
+    so a short last batch is weighted correctly. Under ``torch.distributed`` the batch sums and
+    sample counts are all-reduced over ranks, each rank holding a shard of the data.
+
+    Subclasses implement only :meth:`_batch_products`.
+
+    Args:
+        model: The network.
+        loss_fn: ``loss_fn(outputs, targets)`` returning a scalar with ``reduction="mean"``
+            (per-batch mean, the default of torch losses) or ``"sum"`` (then :math:`C=\sum_b C_b`).
+        data: One ``(inputs, targets)`` batch or a re-iterable of them, such as a DataLoader.
+        params: Parameters to differentiate (default: every parameter with ``requires_grad``).
+        bn_mode: ``"eval"`` (BatchNorm uses running statistics) or ``"train"`` (batch
+            statistics). Buffers and train/eval flags are restored exactly after every product.
+        distributed: Reduce over ranks; default: when ``torch.distributed`` is initialised.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: object,
+        *,
+        params: Iterable[Tensor] | None = None,
+        bn_mode: str = "eval",
+        distributed: bool | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}.")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.bn_mode = check_bn_mode(bn_mode)
+        self.data = check_data(data)
+        self.params, self.param_names = select_params(model, params)
+        self.distributed = distributed
+        self._sum_reduction = getattr(loss_fn, "reduction", "mean") == "sum"
+        self.num_samples: int | None = None
+        p = self.params[0]
+        dim = sum(q.numel() for q in self.params)
+        self.shape = (dim, dim)
+        self.dtype = p.dtype
+        self.device = p.device
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(P={self.shape[0]}, dtype={self.dtype}, "
+            f"device={self.device}, bn_mode={self.bn_mode!r})"
+        )
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor, int]]:
+        for i, batch in enumerate(self.data):
+            if not _is_batch(batch):
+                raise TypeError(
+                    f"Each batch must be an (inputs, targets) pair of tensors; batch {i} is "
+                    f"{type(batch).__name__}."
+                )
+            x, y = batch
+            x = x.to(self.device, non_blocking=True)
+            if x.is_floating_point():
+                x = x.to(self.dtype)
+            y = y.to(self.device, non_blocking=True) if isinstance(y, Tensor) else y
+            if isinstance(y, Tensor) and y.is_floating_point():
+                y = y.to(self.dtype)
+            n = int(x.shape[0]) if x.ndim else 1
+            if n:
+                yield x, y, n
+
+    def _batch_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        outputs = self.model(x)
+        return check_scalar_loss(self.loss_fn(outputs, y)), outputs
+
+    def _batch_products(
+        self, x: Tensor, y: Tensor, columns: list[list[Tensor]]
+    ) -> list[list[Tensor]]:
+        raise NotImplementedError
+
+    def _reduce(self, acc: Tensor, count: int) -> tuple[Tensor, int]:
+        use = self.distributed
+        if use is None:
+            use = dist.is_available() and dist.is_initialized()
+        if not use:
+            return acc, count
+        flat = torch.cat([acc.reshape(-1), acc.new_tensor([float(count)])])
+        dist.all_reduce(flat)
+        return flat[:-1].view_as(acc), round(float(flat[-1]))
+
+    def _accumulate(
+        self, per_batch: Callable[[Tensor, Tensor], Tensor], width: int, rows: int | None = None
+    ) -> Tensor:
+        rows = self.shape[0] if rows is None else rows
+        acc = torch.zeros(rows, width, dtype=self.dtype, device=self.device)
+        count = 0
+        with torch.enable_grad(), curvature_mode(self.model, self.bn_mode):
+            for x, y, n in self._batches():
+                acc += per_batch(x, y) * (1.0 if self._sum_reduction else float(n))
+                count += n
+        acc, count = self._reduce(acc, count)
+        if count == 0:
+            raise ValueError("data is empty: it yielded no samples.")
+        self.num_samples = count
+        return acc if self._sum_reduction else acc / count
+
+    def matmat(self, matrix: Tensor) -> Tensor:
+        """Multiply the operator onto the columns of a ``[P, K]`` matrix."""
+        if matrix.ndim != 2 or matrix.shape[0] != self.shape[0]:
+            raise ValueError(
+                f"matmat expects shape ({self.shape[0]}, K); got {tuple(matrix.shape)}."
+            )
+        matrix = matrix.to(self.device, self.dtype)
+        columns = [unflatten_vector(matrix[:, k], self.params) for k in range(matrix.shape[1])]
+
+        def per_batch(x: Tensor, y: Tensor) -> Tensor:
+            prods = self._batch_products(x, y, columns)
+            return torch.stack([flatten_tensors(p) for p in prods], dim=1)
+
+        return self._accumulate(per_batch, matrix.shape[1])
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        """Multiply the operator onto a ``[P]`` vector."""
+        if vector.ndim != 1 or vector.shape[0] != self.shape[0]:
+            raise ValueError(f"matvec expects shape ({self.shape[0]},); got {tuple(vector.shape)}.")
+        return self.matmat(vector[:, None])[:, 0]
+
+    def __matmul__(self, other: Tensor) -> Tensor:
+        """``op @ v`` for ``[P]`` and ``op @ V`` for ``[P, K]``."""
+        return self.matvec(other) if other.ndim == 1 else self.matmat(other)
+
+    def loss_and_gradient(self) -> tuple[float, Tensor]:
+        """Return the data-set loss and its flat gradient, weighted exactly like the products."""
+
+        def per_batch(x: Tensor, y: Tensor) -> Tensor:
+            loss, _ = self._batch_loss(x, y)
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            flat = flatten_tensors(
+                [
+                    torch.zeros_like(p) if g is None else g
+                    for g, p in zip(grads, self.params, strict=True)
+                ]
+            )
+            return torch.cat([flat, loss.detach().reshape(1).to(flat)])[:, None]
+
+        acc = self._accumulate(per_batch, 1, rows=self.shape[0] + 1)[:, 0]
+        return float(acc[-1]), acc[:-1]

@@ -1,0 +1,50 @@
+"""The Hessian of a model's loss as a linear operator."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lanczos_optim._graph_products import hessian_product
+from lanczos_optim.operators._base import CurvatureOperator
+
+__all__ = ["HessianOperator"]
+
+
+class HessianOperator(CurvatureOperator):
+    r"""Hessian :math:`H = \nabla^2_w L(w)` of the data-set loss as a ``[P, P]`` operator.
+
+    .. math::
+        H v = \sum_b \frac{|b|}{N} \nabla_w \big( \nabla_w L_b(w)^\top v \big)
+
+    Each batch runs one forward pass and one ``create_graph`` backward pass; every column of a
+    :meth:`matmat` then costs one further backward (double backward). That was measured as fast
+    as ``torch.func`` forward-over-reverse on CNNs and faster on small MLPs, and shares the
+    batch's graph across columns.
+
+    Args:
+        model: The network.
+        loss_fn: Scalar loss ``loss_fn(outputs, targets)``.
+        data: One ``(inputs, targets)`` batch or a re-iterable of batches.
+        params: Parameters to differentiate (default: all with ``requires_grad``).
+        bn_mode: ``"eval"`` or ``"train"`` BatchNorm statistics; buffers never change.
+        distributed: Sum over ``torch.distributed`` ranks (default: when initialised).
+
+    Example:
+        >>> import torch
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = torch.nn.Linear(3, 1, bias=False).double()
+        >>> x = torch.randn(8, 3, dtype=torch.float64)
+        >>> y = torch.randn(8, 1, dtype=torch.float64)
+        >>> H = HessianOperator(model, torch.nn.MSELoss(), (x, y))
+        >>> dense = H @ torch.eye(3, dtype=torch.float64)
+        >>> torch.allclose(dense, 2 * x.T @ x / 8)
+        True
+    """
+
+    def _batch_products(
+        self, x: Tensor, y: Tensor, columns: list[list[Tensor]]
+    ) -> list[list[Tensor]]:
+        loss, _ = self._batch_loss(x, y)
+        _, product = hessian_product(loss, self.params)
+        return [product(col) for col in columns]
