@@ -138,7 +138,7 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
 def test_products_match_dense_over_ragged_batches(model_case, loss_name):
-    name, model, x, y = model_case
+    _, model, x, y = model_case
     loss_fn, t = _loss_and_targets(loss_name, y)
     batches = [(x[:4], t[:4]), (x[4:9], t[4:9]), (x[9:], t[9:])]  # ragged: 4, 5, 1
     hess, ggn = _dense(model, loss_fn, batches, "eval")
