@@ -5,8 +5,10 @@ The engine (:func:`lanczos`, :func:`spectral_density`), curvature operators
 """
 
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
+from lanczos_optim.krylov import krylov_solve
 from lanczos_optim.lanczos import LanczosResult, lanczos
 from lanczos_optim.operators import CurvatureOperator, GGNOperator, HessianOperator
+from lanczos_optim.optimizers import LanczosNewton, LanczosSaddleFreeNewton
 from lanczos_optim.quadrature import SpectralDensity, spectral_density
 
 __version__ = "0.1.0"
@@ -21,6 +23,10 @@ __all__ = [
     "CurvatureOperator",
     "GGNOperator",
     "HessianOperator",
+    # optimisers
+    "krylov_solve",
+    "LanczosNewton",
+    "LanczosSaddleFreeNewton",
     # helpers
     "flatten_tensors",
     "unflatten_vector",

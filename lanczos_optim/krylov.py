@@ -1,0 +1,334 @@
+r"""Damped inverse-curvature-vector products in a Lanczos (Krylov) eigenbasis.
+
+This is the building block of the Lanczos Newton optimisers and of the Laplace approximation
+(Granziol et al., section 2.2): for a symmetric curvature matrix :math:`C` and any vector
+:math:`v`, an approximation of :math:`(C + \delta I)^{-1} v` (or of :math:`(|C| + \delta I)^{-1} v`)
+from ``m`` curvature-vector products.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lanczos_optim._linear_operator import as_matvec
+from lanczos_optim.lanczos import lanczos
+
+__all__ = ["TRANSFORMS", "KrylovSolveInfo", "krylov_solve"]
+
+#: The spectral transforms :func:`krylov_solve` knows.
+TRANSFORMS = ("newton", "abs")
+
+
+def _spectral_factors(theta: Tensor, damping: float, transform: str) -> tuple[Tensor, int]:
+    """Return ``f(theta)`` (float64) and how many Ritz values were clipped."""
+    theta = theta.to(torch.float64)
+    if transform == "abs":
+        return 1.0 / (theta.abs() + damping), 0
+    clipped = theta <= -damping
+    shifted = torch.where(clipped, torch.zeros_like(theta), theta) + damping
+    return 1.0 / shifted, int(clipped.sum())
+
+
+@dataclass
+class KrylovSolveInfo:
+    r"""What :func:`krylov_solve` learned, enough to apply the same solve to another vector.
+
+    Attributes:
+        ritz_values: Ritz values :math:`\theta_i`, ascending, float64 ``[m]``.
+        weights: Gauss quadrature weights of the start vector, float64 ``[m]``.
+        residuals: Residual bounds :math:`\|C u_i - \theta_i u_i\|`, float64 ``[m]``.
+        ritz_vectors: Unit Ritz vectors :math:`U = [u_i]`, ``[P, m]`` in the vector's dtype.
+        damping: The damping :math:`\delta`.
+        transform: ``"newton"`` or ``"abs"``.
+        factors: :math:`f(\theta_i)`, float64 ``[m]``.
+        num_clipped: Ritz values at or below :math:`-\delta` treated as zero curvature
+            (``"newton"`` only; always 0 for ``"abs"``).
+        num_products: Curvature-vector products used (the number of Lanczos steps).
+        breakdown: Whether the Krylov space became invariant before ``lanczos_steps``.
+        krylov_fraction: :math:`\|U^\top v\|^2 / \|v\|^2`, the share of :math:`v` inside the
+            Krylov space (1 when the run starts from :math:`v`).
+        v_dot_d: :math:`v^\top d`.
+        d_curvature_d: :math:`d^\top C d` measured inside the Krylov space,
+            :math:`\sum_i \theta_i (f(\theta_i) u_i^\top v)^2`. The curvature of the component
+            outside the Krylov space is not measured (counted as zero); it is zero when the run
+            starts from :math:`v`.
+        product_seconds: Wall-clock seconds spent inside the operator's products.
+        total_seconds: Wall-clock seconds of the whole solve.
+    """
+
+    ritz_values: Tensor
+    weights: Tensor
+    residuals: Tensor
+    ritz_vectors: Tensor
+    damping: float
+    transform: str
+    factors: Tensor
+    num_clipped: int = 0
+    num_products: int = 0
+    breakdown: bool = False
+    krylov_fraction: float = 1.0
+    v_dot_d: float = 0.0
+    d_curvature_d: float = 0.0
+    product_seconds: float = 0.0
+    total_seconds: float = 0.0
+    _in_span: bool = field(default=False, repr=False)
+
+    def predicted_decrease(self, lr: float = 1.0) -> float:
+        r"""Decrease of the quadratic model for the step :math:`-\mathrm{lr}\, d`.
+
+        .. math::
+            \mathrm{lr}\; v^\top d - \tfrac{1}{2} \mathrm{lr}^2\; d^\top C d ,
+
+        with :math:`v` the gradient and :math:`d^\top C d` as in :attr:`d_curvature_d`.
+        """
+        return lr * self.v_dot_d - 0.5 * lr * lr * self.d_curvature_d
+
+    def apply(self, v: Tensor) -> Tensor:
+        r"""Apply the same damped inverse to another vector :math:`v` (no new products).
+
+        .. math::
+            d = \sum_i f(\theta_i)\, u_i u_i^\top v + \frac{1}{\delta}\,(v - U U^\top v)
+        """
+        return _apply(self.ritz_vectors, self.factors, self.damping, v, in_span=False)[0]
+
+
+def _apply(
+    u: Tensor, factors: Tensor, damping: float, v: Tensor, *, in_span: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return ``d``, the coefficients ``U^T v`` and the complement ``v - U U^T v``.
+
+    With ``in_span`` (the Krylov space was started from ``v``, so ``v`` lies in it exactly),
+    the complement is rounding noise and is set to zero rather than amplified by ``1/damping``.
+    """
+    coeffs = u.T @ v
+    d = u @ (factors.to(v.dtype) * coeffs)
+    if in_span:
+        complement = torch.zeros_like(v)
+    else:
+        complement = v - u @ coeffs
+        d = d + complement / damping
+    return d, coeffs, complement
+
+
+def _solve_in_basis(
+    ritz_values: Tensor,
+    ritz_vectors: Tensor,
+    damping: float,
+    transform: str,
+    v: Tensor,
+    *,
+    in_span: bool = False,
+    vnorm2: float | None = None,
+) -> tuple[Tensor, KrylovSolveInfo]:
+    """Apply the damped inverse of given Ritz pairs to ``v``; return ``d`` and its info.
+
+    Shared by :func:`krylov_solve` and the optimisers (which reuse a basis for several steps),
+    so that a fresh and a reused basis go through exactly the same arithmetic. ``weights`` and
+    ``residuals`` of the returned info are empty; the caller fills what it knows.
+    """
+    factors, clipped = _spectral_factors(ritz_values, damping, transform)
+    d, coeffs, complement = _apply(ritz_vectors, factors, damping, v, in_span=in_span)
+    if vnorm2 is None:
+        vnorm2 = float(torch.dot(v.double(), v.double()))
+    c64 = coeffs.double()
+    fc = factors * c64
+    r2 = float(complement.double() @ complement.double())
+    empty = torch.zeros(0, dtype=torch.float64)
+    info = KrylovSolveInfo(
+        ritz_values=ritz_values,
+        weights=empty,
+        residuals=empty,
+        ritz_vectors=ritz_vectors,
+        damping=damping,
+        transform=transform,
+        factors=factors,
+        num_clipped=clipped,
+        krylov_fraction=min(1.0, float(c64 @ c64) / vnorm2) if vnorm2 > 0 else 1.0,
+        v_dot_d=float(fc @ c64) + r2 / damping,
+        d_curvature_d=float(ritz_values.double() @ (fc * fc)),
+        _in_span=in_span,
+    )
+    return d, info
+
+
+def _check_args(v: object, lanczos_steps: object, damping: object, transform: object) -> None:
+    if not isinstance(v, Tensor):
+        raise TypeError(f"v must be a tensor; got {type(v).__name__}.")
+    if v.ndim != 1 or not v.is_floating_point():
+        raise ValueError(
+            f"v must be a 1-D floating-point tensor; got shape {tuple(v.shape)}, dtype {v.dtype}."
+        )
+    if isinstance(lanczos_steps, bool) or not isinstance(lanczos_steps, int):
+        raise TypeError(f"lanczos_steps must be an int; got {lanczos_steps!r}.")
+    if lanczos_steps < 1:
+        raise ValueError(f"Invalid lanczos_steps value: {lanczos_steps} (must be >= 1).")
+    if (
+        isinstance(damping, bool)
+        or not isinstance(damping, (int, float))
+        or not math.isfinite(damping)
+        or not damping > 0
+    ):
+        raise ValueError(f"Invalid damping value: {damping!r} (must be a finite number > 0).")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"Invalid transform: {transform!r}; expected one of {TRANSFORMS}.")
+
+
+def krylov_solve(
+    operator: object,
+    v: Tensor,
+    lanczos_steps: int,
+    damping: float,
+    transform: str = "newton",
+    *,
+    v0: Tensor | str | None = None,
+    generator: torch.Generator | None = None,
+    return_info: bool = False,
+) -> Tensor | tuple[Tensor, KrylovSolveInfo]:
+    r"""Damped inverse-curvature-vector product from ``lanczos_steps`` Lanczos steps.
+
+    A Lanczos run of :math:`m` steps on the symmetric curvature :math:`C` gives Ritz pairs
+    :math:`(\theta_i, u_i)`, :math:`U = [u_1, \dots, u_m]`. With damping :math:`\delta > 0`,
+
+    .. math::
+        d = \sum_{i=1}^{m} f(\theta_i)\, u_i u_i^\top v
+            + \frac{1}{\delta} \big(v - U U^\top v\big),
+
+    where the second term treats the part of :math:`v` outside the Krylov space as zero
+    curvature, and
+
+    - ``transform="newton"``: :math:`f(\theta) = 1/(\theta + \delta)`, an approximation of
+      :math:`(C + \delta I)^{-1} v`. Ritz values :math:`\theta \le -\delta` (where
+      :math:`\theta + \delta` would be zero or negative, a step uphill) are clipped to zero
+      curvature, :math:`f = 1/\delta`; their number is reported as ``num_clipped``;
+    - ``transform="abs"``: :math:`f(\theta) = 1/(|\theta| + \delta)`, the saddle-free
+      :math:`(|C| + \delta I)^{-1} v` of Dauphin et al. (2014), which turns negative curvature
+      into a direction of descent.
+
+    Starting the Krylov space from :math:`v` itself (the default) makes :math:`v` lie in it
+    exactly, so the complement vanishes (it is set to zero rather than amplified rounding
+    noise), and with :math:`m = P` steps :math:`d` is exact. For a positive-definite :math:`C`
+    and ``"newton"``, :math:`d` then equals the Lanczos (conjugate gradient) solution of
+    :math:`(C + \delta I) d = v` after :math:`m` steps. The Laplace approximation of a network's
+    posterior needs exactly :math:`(C + \delta I)^{-1} v` with :math:`\delta` the prior precision
+    (Granziol et al., section 2.2). At most :math:`P` steps are taken.
+
+    Args:
+        operator: Symmetric :math:`C`: a dense ``[P, P]`` tensor, an operator object with
+            ``shape`` and ``matvec``/``@`` (e.g. :class:`~lanczos_optim.GGNOperator`), or a
+            callable ``w -> C w`` on ``[P]`` vectors of ``v``'s dtype and device.
+        v: The ``[P]`` vector to solve for (for an optimiser, the gradient).
+        lanczos_steps: Number of Lanczos steps :math:`m \ge 1` = curvature-vector products.
+        damping: :math:`\delta > 0`.
+        transform: ``"newton"`` (default) or ``"abs"`` (saddle-free).
+        v0: Start of the Krylov space: ``None`` (default) for ``v`` itself, ``"random"`` for a
+            Gaussian draw from ``generator``, or a ``[P]`` tensor.
+        generator: Random generator for ``v0="random"``.
+        return_info: Also return a :class:`KrylovSolveInfo` (Ritz values, weights, residual
+            bounds, the share of ``v`` in the Krylov space, the quadratic model's terms, the
+            number of clipped values and of products, timings) that can
+            :meth:`~KrylovSolveInfo.apply` the same solve to other vectors.
+
+    Returns:
+        ``d`` with ``v``'s shape, dtype and device; with ``return_info``, ``(d, info)``.
+
+    Raises:
+        TypeError: If ``v`` is not a tensor or ``lanczos_steps`` not an int.
+        ValueError: On a bad shape, ``lanczos_steps < 1``, ``damping <= 0``, an unknown
+            ``transform`` or ``v0``, a non-finite ``v``, or an operator whose size or dtype
+            does not match ``v``.
+        FloatingPointError: If the operator returns non-finite values.
+
+    Example:
+        >>> import torch
+        >>> C = torch.diag(torch.tensor([-2.0, 1.0, 4.0], dtype=torch.float64))
+        >>> v = torch.ones(3, dtype=torch.float64)
+        >>> krylov_solve(C, v, 3, damping=1.0, transform="abs")
+        tensor([0.3333, 0.5000, 0.2000], dtype=torch.float64)
+        >>> d, info = krylov_solve(C, v, 3, damping=1.0, return_info=True)
+        >>> d  # the Ritz value -2 <= -damping is clipped to zero curvature
+        tensor([1.0000, 0.5000, 0.2000], dtype=torch.float64)
+        >>> info.num_clipped
+        1
+
+    References:
+        Dauphin et al., *Identifying and attacking the saddle point problem in high-dimensional
+        non-convex optimization*, 2014, https://arxiv.org/abs/1406.2572;
+        Granziol, Wan & Garipov, *Deep Curvature Suite*, 2019, https://arxiv.org/abs/1912.09656.
+    """
+    start = time.perf_counter()
+    _check_args(v, lanczos_steps, damping, transform)
+    damping = float(damping)
+    if not isinstance(v0, (Tensor, type(None))) and v0 != "random":
+        raise ValueError(f"v0 must be None, 'random' or a tensor; got {v0!r}.")
+    op = as_matvec(operator, dim=v.shape[0], dtype=v.dtype, device=v.device)
+    if op.dim != v.shape[0]:
+        raise ValueError(
+            f"v must have shape ({op.dim},) to match the operator; got {tuple(v.shape)}."
+        )
+    if op.dtype != v.dtype:
+        raise ValueError(f"v has dtype {v.dtype} but the operator has dtype {op.dtype}.")
+    vnorm2 = float(torch.dot(v.double(), v.double()))
+    if not math.isfinite(vnorm2):
+        raise ValueError("v has non-finite entries.")
+    if vnorm2 == 0.0:
+        empty = torch.zeros(0, dtype=torch.float64)
+        info = KrylovSolveInfo(
+            ritz_values=empty,
+            weights=empty,
+            residuals=empty,
+            ritz_vectors=v.new_zeros(v.shape[0], 0),
+            damping=damping,
+            transform=transform,
+            factors=empty,
+            krylov_fraction=1.0,
+            total_seconds=time.perf_counter() - start,
+            _in_span=True,
+        )
+        d = torch.zeros_like(v)
+        return (d, info) if return_info else d
+
+    product_seconds = 0.0
+    sync = v.is_cuda
+
+    def timed(w: Tensor) -> Tensor:
+        nonlocal product_seconds
+        if sync:
+            torch.cuda.synchronize(v.device)
+        t0 = time.perf_counter()
+        out = op.matvec(w)
+        if sync:
+            torch.cuda.synchronize(v.device)
+        product_seconds += time.perf_counter() - t0
+        return out
+
+    in_span = v0 is None
+    res = lanczos(
+        timed,
+        min(lanczos_steps, op.dim),
+        v0=v if in_span else (None if isinstance(v0, str) else v0),
+        generator=generator,
+        compute_vectors=True,
+        dim=op.dim,
+        dtype=op.dtype,
+        device=op.device,
+    )
+    u = res.ritz_vectors
+    if u is None:  # pragma: no cover - compute_vectors=True always returns them
+        raise RuntimeError("lanczos returned no Ritz vectors.")
+    d, info = _solve_in_basis(
+        res.ritz_values, u, damping, transform, v, in_span=in_span, vnorm2=vnorm2
+    )
+    info.weights = res.weights
+    info.residuals = res.residuals
+    info.num_products = res.num_steps
+    info.breakdown = res.breakdown
+    info.product_seconds = product_seconds
+    info.total_seconds = time.perf_counter() - start
+    if not bool(torch.isfinite(d).all()):
+        raise FloatingPointError("krylov_solve produced a non-finite result.")
+    return (d, info) if return_info else d

@@ -1,0 +1,13 @@
+"""Lanczos Newton optimisers: drop-in :class:`torch.optim.Optimizer` subclasses."""
+
+from lanczos_optim.optimizers._base import CURVATURES, KRYLOV_STARTS, StepInfo
+from lanczos_optim.optimizers.newton import LanczosNewton
+from lanczos_optim.optimizers.saddle_free import LanczosSaddleFreeNewton
+
+__all__ = [
+    "LanczosNewton",
+    "LanczosSaddleFreeNewton",
+    "StepInfo",
+    "CURVATURES",
+    "KRYLOV_STARTS",
+]

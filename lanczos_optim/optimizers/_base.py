@@ -1,0 +1,519 @@
+"""The machinery shared by the Lanczos Newton optimisers: closure protocol, state, faults."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lanczos_optim._graph_products import Product, ggn_product, hessian_product
+from lanczos_optim.flatten import flatten_tensors, unflatten_vector
+from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
+
+__all__ = ["CURVATURES", "KRYLOV_STARTS", "StepInfo"]
+
+#: Curvature matrices the optimisers can use.
+CURVATURES = ("ggn", "hessian")
+#: Start vectors of the per-step Lanczos run.
+KRYLOV_STARTS = ("gradient", "random")
+
+Closure = Callable[[], Any]
+
+_CACHE_KEYS = (
+    "ritz_vectors",
+    "ritz_values",
+    "ritz_weights",
+    "ritz_residuals",
+    "basis_params",
+    "basis_age",
+)
+_FREED_GRAPH = "backward through the graph a second time"
+
+
+@dataclass
+class StepInfo:
+    r"""What one optimiser step measured (``optimizer.last_info``).
+
+    Attributes:
+        step: Number of steps taken so far, this one included (skipped steps not counted).
+        skipped: Whether the step was skipped (parameters and state unchanged).
+        reason: Why it was skipped, or ``None``.
+        loss: The closure's loss before the step.
+        grad_norm: Norm of the gradient used (weight decay included).
+        ritz_values: Ritz values of the curvature (weight decay included), float64 ascending.
+        weights: Gauss quadrature weights of the Lanczos start vector, float64.
+        residuals: Residual bounds of the Ritz pairs, float64.
+        krylov_fraction: Share of :math:`\|g\|^2` inside the Krylov space.
+        predicted_decrease: Decrease of the quadratic model for the Newton step
+            :math:`-\mathrm{lr}\,d` (shortened by ``max_step_norm`` if active, momentum not
+            included), with the curvature measured inside the Krylov space.
+        num_clipped: Ritz values :math:`\le -\delta` treated as zero curvature (LanczosNewton).
+        num_products: Curvature-vector products this step (0 when the basis was reused).
+        basis_age: Steps since the eigenbasis was computed (0: computed this step).
+        step_norm: Norm of the parameter update.
+        step_scale: Factor applied by ``max_step_norm`` (1.0 when the bound was inactive).
+        lr: Learning rate used.
+        damping: Damping used.
+        closure_seconds: Time in the closure (the forward pass).
+        gradient_seconds: Time computing the gradient (and the graph the products need).
+        product_seconds: Time inside curvature-vector products.
+        bookkeeping_seconds: The rest: Lanczos orthogonalisation, eigensolver, the update.
+        total_seconds: Whole step.
+    """
+
+    step: int = 0
+    skipped: bool = False
+    reason: str | None = None
+    loss: float = math.nan
+    grad_norm: float = math.nan
+    ritz_values: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    weights: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    residuals: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    krylov_fraction: float = math.nan
+    predicted_decrease: float = math.nan
+    num_clipped: int = 0
+    num_products: int = 0
+    basis_age: int = 0
+    step_norm: float = 0.0
+    step_scale: float = 1.0
+    lr: float = math.nan
+    damping: float = math.nan
+    closure_seconds: float = 0.0
+    gradient_seconds: float = 0.0
+    product_seconds: float = 0.0
+    bookkeeping_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record with tensors as lists of floats (for loggers)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = value.tolist() if isinstance(value, Tensor) else value
+        return out
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _validate(name: str, hp: dict[str, Any]) -> None:
+    """Raise torch-style errors on invalid hyperparameters."""
+    lr, damping = hp["lr"], hp["damping"]
+    if not _is_number(lr) or lr < 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not _is_number(damping) or damping <= 0.0:
+        raise ValueError(f"Invalid damping value: {damping} (must be > 0)")
+    steps = hp["lanczos_steps"]
+    if not _is_int(steps) or steps < 1:
+        raise ValueError(f"Invalid lanczos_steps value: {steps} (must be an int >= 1)")
+    if hp["curvature"] not in CURVATURES:
+        raise ValueError(f"Invalid curvature: {hp['curvature']!r}; expected one of {CURVATURES}")
+    wd = hp["weight_decay"]
+    if not _is_number(wd) or wd < 0.0:
+        raise ValueError(f"Invalid weight_decay value: {wd}")
+    mom = hp["momentum"]
+    if not _is_number(mom) or not 0.0 <= mom < 1.0:
+        raise ValueError(f"Invalid momentum value: {mom} (must be in [0, 1))")
+    if hp["krylov_start"] not in KRYLOV_STARTS:
+        raise ValueError(
+            f"Invalid krylov_start: {hp['krylov_start']!r}; expected one of {KRYLOV_STARTS}"
+        )
+    every = hp["update_every"]
+    if not _is_int(every) or every < 1:
+        raise ValueError(f"Invalid update_every value: {every} (must be an int >= 1)")
+    bound = hp["max_step_norm"]
+    if bound is not None and (not _is_number(bound) or bound <= 0.0):
+        raise ValueError(f"Invalid max_step_norm value: {bound} (must be None or > 0)")
+    seed = hp["seed"]
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise ValueError(f"Invalid seed: {seed!r} (must be None or an int >= 0)")
+
+
+def _graph_leaves(root: Any, stop: Any = None) -> tuple[set[int], bool]:
+    """Ids of the leaf tensors reached from autograd node ``root``, not walking past ``stop``.
+
+    Returns the ids and whether ``stop`` was reached. Only reads the graph; computes nothing.
+    """
+    found: set[int] = set()
+    seen: set[Any] = set()
+    stack = [root]
+    reached_stop = False
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if stop is not None and node is stop:
+            reached_stop = True
+            continue
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            found.add(id(variable))
+            continue
+        stack.extend(fn for fn, _ in node.next_functions)
+    return found, reached_stop
+
+
+class _LanczosNewtonBase(Optimizer):
+    """Shared base of :class:`LanczosNewton` and :class:`LanczosSaddleFreeNewton`."""
+
+    _transform: ClassVar[str] = "newton"
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        *,
+        lr: float,
+        damping: float,
+        lanczos_steps: int,
+        curvature: str,
+        weight_decay: float,
+        momentum: float,
+        krylov_start: str,
+        update_every: int,
+        max_step_norm: float | None,
+        seed: int | None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "damping": damping,
+            "lanczos_steps": lanczos_steps,
+            "curvature": curvature,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "krylov_start": krylov_start,
+            "update_every": update_every,
+            "max_step_norm": max_step_norm,
+            "seed": seed,
+        }
+        _validate(type(self).__name__, defaults)
+        super().__init__(params, defaults)
+        self.last_info: StepInfo | None = None
+
+    # ------------------------------------------------------------------ parameter groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add the (only) parameter group; a second group raises ``ValueError``."""
+        name = type(self).__name__
+        if self.param_groups:
+            raise ValueError(
+                f"{name} doesn't support per-parameter options (parameter groups): all "
+                "parameters share one Lanczos eigenbasis; pass them as one group."
+            )
+        super().add_param_group(param_group)
+        group = self.param_groups[0]
+        _validate(name, group)
+        params = group["params"]
+        for p in params:
+            if not p.is_floating_point() or p.is_complex():
+                raise ValueError(f"{name} needs real floating-point parameters; got {p.dtype}.")
+        kinds = {(p.dtype, p.device) for p in params}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"{name} needs all parameters in one dtype and on one device (they form one "
+                f"flat vector); got {sorted(str(k) for k in kinds)}."
+            )
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _params(self) -> list[Tensor]:
+        return self.param_groups[0]["params"]
+
+    def _global_state(self) -> dict[str, Any]:
+        # Like LBFGS, global state lives on the first parameter, so state_dict/load cast it.
+        state = self.state[self._params[0]]
+        state.setdefault("step", 0)
+        state.setdefault("skipped_steps", 0)
+        return state
+
+    def _generator(self, state: dict[str, Any], seed: int | None) -> torch.Generator:
+        gen = torch.Generator(device="cpu")
+        saved = state.get("generator_state")
+        if saved is not None:
+            gen.set_state(saved.detach().to(device="cpu", dtype=torch.uint8))
+        elif seed is not None:
+            gen.manual_seed(seed)
+        else:  # draw a seed from the global generator: reproducible under torch.manual_seed
+            gen.manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
+        return gen
+
+    def _protocol_error(self, what: str) -> RuntimeError:
+        name = type(self).__name__
+        return RuntimeError(
+            f"{name}.step(closure): {what} The closure must only run the forward pass and "
+            "return the loss still attached to its graph (or (loss, outputs) with the model "
+            f"outputs for curvature='ggn'); {name} differentiates it and writes p.grad itself."
+        )
+
+    def _parse(self, ret: object, curvature: str) -> tuple[Tensor, Tensor | None]:
+        outputs = None
+        if isinstance(ret, (tuple, list)):
+            if len(ret) != 2:
+                raise self._protocol_error(
+                    f"the closure returned a {type(ret).__name__} of length {len(ret)}."
+                )
+            ret, outputs = ret
+        if not isinstance(ret, Tensor) or ret.ndim != 0 or not ret.is_floating_point():
+            got = (
+                f"a tensor of shape {tuple(ret.shape)}"
+                if isinstance(ret, Tensor)
+                else type(ret).__name__
+            )
+            raise self._protocol_error(f"the loss must be a scalar tensor; got {got}.")
+        if not ret.requires_grad or ret.grad_fn is None:
+            raise self._protocol_error(
+                "the loss has no autograd graph (was it detached, a .item(), or computed under "
+                "torch.no_grad()?)."
+            )
+        if curvature == "ggn":
+            if outputs is None:
+                raise self._protocol_error(
+                    "curvature='ggn' needs the model outputs, but the closure returned only "
+                    "the loss: return (loss, outputs)."
+                )
+            if not isinstance(outputs, Tensor) or not outputs.requires_grad:
+                raise self._protocol_error(
+                    "the outputs must be the model's output tensor, attached to the graph of "
+                    "the loss."
+                )
+        return ret, outputs
+
+    def _check_no_backward(
+        self, params: Sequence[Tensor], before: Sequence[tuple[Tensor | None, int]]
+    ) -> None:
+        for p, (old, version) in zip(params, before, strict=True):
+            g = p.grad
+            if g is None or (g is old and g._version == version):
+                continue
+            if bool(g.ne(0).any()):
+                raise self._protocol_error("the closure already called backward().")
+
+    def _skip(self, state: dict[str, Any], info: StepInfo, reason: str, loss: Tensor) -> Tensor:
+        state["skipped_steps"] += 1
+        info.skipped, info.reason = True, reason
+        warnings.warn(
+            f"{type(self).__name__}: {reason} at step {state['step'] + 1}; the step was "
+            f"skipped, parameters and optimiser state unchanged "
+            f"({state['skipped_steps']} skipped so far).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self.last_info = info
+        return loss.detach()
+
+    # ------------------------------------------------------------------ the step
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+        """Take one step; see the class docstring for the closure protocol.
+
+        Args:
+            closure: Re-evaluates the model under ``torch.enable_grad()`` and returns the loss
+                (attached to its graph) or ``(loss, outputs)``. Required.
+
+        Returns:
+            The closure's loss, detached.
+
+        Raises:
+            RuntimeError: Without a closure, or when the closure breaks the protocol, or on
+                sparse gradients.
+        """
+        name = type(self).__name__
+        if closure is None:
+            raise RuntimeError(
+                f"{name}.step() requires a closure that runs the forward pass and returns the "
+                "loss (or (loss, outputs) for curvature='ggn'), e.g. optimizer.step(closure)."
+            )
+        t_start = time.perf_counter()
+        group = self.param_groups[0]
+        lr, damping = float(group["lr"]), float(group["damping"])
+        wd, momentum = float(group["weight_decay"]), float(group["momentum"])
+        candidates = [p for p in self._params if p.requires_grad]
+        before = [(p.grad, p.grad._version if p.grad is not None else 0) for p in candidates]
+        with torch.enable_grad():
+            ret = closure()
+        t_closure = time.perf_counter()
+        loss, outputs = self._parse(ret, group["curvature"])
+        self._check_no_backward(candidates, before)
+        state = self._global_state()
+        info = StepInfo(
+            step=state["step"],
+            loss=float(loss.detach()),
+            lr=lr,
+            damping=damping,
+            closure_seconds=t_closure - t_start,
+        )
+        if not math.isfinite(info.loss):
+            return self._skip(state, info, "non-finite loss", loss)
+
+        # Parameters that received a gradient, found by reading (not running) the graph.
+        use_ggn = group["curvature"] == "ggn"
+        stop = outputs.grad_fn if use_ggn and outputs is not None else None
+        direct, reached_outputs = _graph_leaves(loss.grad_fn, stop)
+        via_outputs: set[int] = set()
+        if use_ggn:
+            if stop is not None and not reached_outputs:
+                raise self._protocol_error(
+                    "the loss was not computed from the outputs the closure returned."
+                )
+            via_outputs = _graph_leaves(stop)[0] if stop is not None else {id(outputs)}
+        reached = direct | via_outputs
+        index = [i for i, p in enumerate(self._params) if p.requires_grad and id(p) in reached]
+        live = [self._params[i] for i in index]
+        if not live:
+            info.reason = "no parameter received a gradient"
+            self.last_info = info
+            return loss.detach()
+
+        every = int(group["update_every"])
+        cached = state.get("ritz_vectors")
+        refresh = (
+            every == 1
+            or cached is None
+            or state.get("basis_params") != index
+            or state.get("basis_age", 0) + 1 >= every
+        )
+        product: Product | None = None
+        try:
+            with torch.enable_grad():
+                if refresh and use_ggn:
+                    grads, product = ggn_product(loss, outputs, live)  # type: ignore[arg-type]
+                    if any(id(p) in direct for p in live):
+                        # The loss also depends on parameters directly (not via the outputs),
+                        # e.g. a penalty in the closure: take its full gradient.
+                        full = torch.autograd.grad(loss, live, retain_graph=True, allow_unused=True)
+                        grads = [
+                            g if g is not None else torch.zeros_like(p)
+                            for g, p in zip(full, live, strict=True)
+                        ]
+                elif refresh:
+                    grads, product = hessian_product(loss, live)
+                else:
+                    full = torch.autograd.grad(loss, live, allow_unused=True)
+                    grads = [
+                        torch.zeros_like(p) if g is None else g
+                        for g, p in zip(full, live, strict=True)
+                    ]
+        except RuntimeError as err:
+            if _FREED_GRAPH in str(err):
+                raise self._protocol_error("the closure already called backward().") from err
+            raise
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(
+                f"{name} does not support sparse gradients (e.g. nn.Embedding(sparse=True)); "
+                "use dense gradients."
+            )
+        t_grad = time.perf_counter()
+        info.gradient_seconds = t_grad - t_closure
+
+        with torch.no_grad():
+            flat_g = flatten_tensors(grads)
+            if wd != 0.0:
+                flat_g = flat_g + wd * flatten_tensors(live)
+            info.grad_norm = float(torch.linalg.vector_norm(flat_g))
+            if not math.isfinite(info.grad_norm):
+                return self._skip(state, info, "non-finite gradient", loss)
+
+            gen = None
+            if refresh:
+                if product is None:  # pragma: no cover - set above whenever refresh
+                    raise RuntimeError("internal error: no curvature product.")
+
+                def matvec(v: Tensor) -> Tensor:
+                    with torch.enable_grad():
+                        out = flatten_tensors(product(unflatten_vector(v, live)))
+                    return out + wd * v if wd != 0.0 else out
+
+                random = group["krylov_start"] == "random"
+                gen = self._generator(state, group["seed"]) if random else None
+                try:
+                    d, kinfo = krylov_solve(
+                        matvec,
+                        flat_g,
+                        int(group["lanczos_steps"]),
+                        damping,
+                        self._transform,
+                        v0="random" if random else None,
+                        generator=gen,
+                        return_info=True,
+                    )
+                except FloatingPointError:
+                    return self._skip(state, info, "non-finite curvature", loss)
+                if not isinstance(kinfo, KrylovSolveInfo):  # pragma: no cover
+                    raise RuntimeError("internal error: krylov_solve returned no info.")
+                info.num_products = kinfo.num_products
+                info.product_seconds = kinfo.product_seconds
+                basis_age = 0
+            else:
+                theta = torch.tensor(state["ritz_values"], dtype=torch.float64)
+                d, kinfo = _solve_in_basis(theta, cached, damping, self._transform, flat_g)
+                kinfo.weights = torch.tensor(state["ritz_weights"], dtype=torch.float64)
+                kinfo.residuals = torch.tensor(state["ritz_residuals"], dtype=torch.float64)
+                basis_age = state["basis_age"] + 1
+                if not bool(torch.isfinite(d).all()):
+                    return self._skip(state, info, "non-finite curvature", loss)
+
+            info.ritz_values, info.weights = kinfo.ritz_values, kinfo.weights
+            info.residuals, info.krylov_fraction = kinfo.residuals, kinfo.krylov_fraction
+            info.num_clipped, info.basis_age = kinfo.num_clipped, basis_age
+
+            # Momentum acts on d (heavy ball, as torch.optim.SGD without dampening).
+            direction = d
+            if momentum != 0.0:
+                bufs = [self.state[p].get("momentum_buffer") for p in live]
+                if all(b is not None for b in bufs):
+                    direction = momentum * flatten_tensors(bufs) + d  # type: ignore[arg-type]
+            update = lr * direction
+            scale = 1.0
+            bound = group["max_step_norm"]
+            norm = float(torch.linalg.vector_norm(update))
+            if bound is not None and norm > bound:
+                scale = bound / norm
+                update = update * scale
+                norm = bound
+            info.step_norm, info.step_scale = norm, scale
+            info.predicted_decrease = kinfo.predicted_decrease(lr * scale)
+
+            # Commit: nothing above changed the parameters or the state.
+            for p, g, u in zip(live, grads, unflatten_vector(update, live), strict=True):
+                p.grad = g
+                p.sub_(u)
+            if momentum != 0.0:
+                for p, b in zip(live, unflatten_vector(direction, live), strict=True):
+                    self.state[p]["momentum_buffer"] = b.clone()
+            if gen is not None:
+                state["generator_state"] = gen.get_state()
+            if every > 1 and refresh and kinfo.ritz_vectors.shape[1] > 0:
+                state["ritz_vectors"] = kinfo.ritz_vectors
+                state["ritz_values"] = kinfo.ritz_values.tolist()
+                state["ritz_weights"] = kinfo.weights.tolist()
+                state["ritz_residuals"] = kinfo.residuals.tolist()
+                state["basis_params"] = index
+                state["basis_age"] = basis_age
+            elif every > 1 and not refresh:
+                state["basis_age"] = basis_age
+            else:
+                for key in _CACHE_KEYS:
+                    state.pop(key, None)
+            state["step"] += 1
+            info.step = state["step"]
+
+        info.total_seconds = time.perf_counter() - t_start
+        info.bookkeeping_seconds = max(
+            0.0,
+            info.total_seconds
+            - info.closure_seconds
+            - info.gradient_seconds
+            - info.product_seconds,
+        )
+        self.last_info = info
+        return loss.detach()

@@ -1,0 +1,109 @@
+"""LanczosSaddleFreeNewton: Dauphin et al.'s saddle-free Newton in a Lanczos eigenbasis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import Tensor
+
+from lanczos_optim.optimizers._base import _LanczosNewtonBase
+
+__all__ = ["LanczosSaddleFreeNewton"]
+
+
+class LanczosSaddleFreeNewton(_LanczosNewtonBase):
+    r"""Saddle-free Newton: curvature replaced by its absolute value, in a Lanczos eigenbasis.
+
+    The step of :class:`~lanczos_optim.LanczosNewton` with :math:`|\theta_i|` in place of
+    :math:`\theta_i` (Dauphin et al., 2014; the optimiser of Granziol et al., section 2.2):
+
+    .. math::
+        g &= \nabla L(w) + \lambda w, \qquad C \leftarrow C + \lambda I, \\
+        d &= \sum_{i=1}^{m} \frac{u_i^\top g}{|\theta_i| + \delta}\, u_i
+             + \frac{1}{\delta}\Big(g - \sum_{i=1}^{m} (u_i^\top g)\, u_i\Big), \\
+        b &\leftarrow \mu\, b + d, \qquad w \leftarrow w - \mathrm{lr}\; b .
+
+    Along a direction of negative curvature :math:`\theta_i < 0` Newton's step
+    :math:`-g_i/\theta_i` climbs towards the saddle; :math:`-g_i/|\theta_i|` descends and
+    escapes it, faster where the curvature is flatter. Every Ritz direction gets a positive step
+    size, so :math:`d` is always a descent direction and nothing is clipped. With ``m = P`` and
+    no momentum, the step is :math:`w - \mathrm{lr}\, V \mathrm{diag}(1/(|\lambda_j| + \delta))
+    V^\top g` for the eigendecomposition :math:`C = V \mathrm{diag}(\lambda) V^\top`. The
+    direction is :func:`~lanczos_optim.krylov_solve` with ``transform="abs"``.
+
+    The closure protocol, BatchNorm policy, costs, fault handling, per-step record
+    (:attr:`last_info`), single parameter group and ``state_dict`` behaviour are those of
+    :class:`~lanczos_optim.LanczosNewton`: the closure runs the forward pass only and returns
+    the attached loss, or ``(loss, outputs)`` for ``curvature="ggn"``; products never re-run
+    the forward, so BatchNorm buffers and train/eval flags change only through the user's own
+    forward pass.
+
+    **Defaults.** ``curvature="hessian"``: the absolute value only matters for an indefinite
+    matrix (on the positive semi-definite GGN this is LanczosNewton). ``lr=1``, ``damping=1``,
+    ``lanczos_steps=20`` as for LanczosNewton, chosen with ``benchmarks/optimizers.py``.
+
+    Args:
+        params: Parameters to optimise (one group).
+        lr: Learning rate (default 1.0).
+        damping: :math:`\delta > 0` (default 1.0).
+        lanczos_steps: Lanczos steps = curvature products per step (default 20; capped at P).
+        curvature: ``"hessian"`` (default) or ``"ggn"``.
+        weight_decay: :math:`\lambda \ge 0`, added to gradient and curvature (default 0).
+        momentum: Heavy-ball :math:`\mu \in [0, 1)` on :math:`d` (default 0).
+        krylov_start: ``"gradient"`` (default) or ``"random"``.
+        update_every: Recompute the eigenbasis every this many steps (default 1).
+        max_step_norm: Optional trust-region bound on the update's norm (default ``None``).
+        seed: Seed of the generator for ``krylov_start="random"`` (default ``None``: drawn
+            from torch's global generator).
+
+    Raises:
+        ValueError: On an invalid hyperparameter, several parameter groups, mixed dtypes or
+            devices, or non-floating parameters.
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import LanczosSaddleFreeNewton
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, 1e-3], dtype=torch.float64))
+        >>> opt = LanczosSaddleFreeNewton([w], lr=1.0, damping=1e-3, lanczos_steps=2)
+        >>> def closure():  # a saddle at the origin
+        ...     return w[0] ** 2 - w[1] ** 2
+        >>> _ = opt.step(closure)
+        >>> bool(abs(w[0]) < 1e-2 and abs(w[1]) > 1e-3)  # x to the minimum, y away from it
+        True
+
+    References:
+        Dauphin et al., *Identifying and attacking the saddle point problem in high-dimensional
+        non-convex optimization*, NeurIPS 2014, https://arxiv.org/abs/1406.2572;
+        Granziol, Wan & Garipov, *Deep Curvature Suite*, 2019, https://arxiv.org/abs/1912.09656.
+    """
+
+    _transform = "abs"
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1.0,
+        damping: float = 1.0,
+        lanczos_steps: int = 20,
+        curvature: str = "hessian",
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        krylov_start: str = "gradient",
+        update_every: int = 1,
+        max_step_norm: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            damping=damping,
+            lanczos_steps=lanczos_steps,
+            curvature=curvature,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            krylov_start=krylov_start,
+            update_every=update_every,
+            max_step_norm=max_step_norm,
+            seed=seed,
+        )
