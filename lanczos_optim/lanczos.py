@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._linear_operator import as_matvec
 
 __all__ = ["LanczosResult", "lanczos"]
@@ -116,6 +117,8 @@ def lanczos(
     dim: int | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    basis_device: torch.device | str | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> LanczosResult:
     r"""Run ``num_steps`` Lanczos steps on a symmetric operator.
 
@@ -152,6 +155,12 @@ def lanczos(
         dim: Dimension of a callable operator.
         dtype: Dtype of a callable operator.
         device: Device of a callable operator.
+        basis_device: Where the ``m`` Lanczos vectors are stored (e.g. ``"cpu"`` while the
+            operator runs on a GPU). Default: the operator's device.
+        basis_dtype: Storage precision of the basis (e.g. ``torch.bfloat16`` to halve memory).
+            The recurrence, the current vectors and the reorthogonalisation arithmetic stay in
+            the operator's dtype; only the stored copies are rounded, so orthogonality holds to
+            the storage precision. Memory of the basis: ``m * P * bytes(basis_dtype)``.
 
     Returns:
         A :class:`LanczosResult`.
@@ -187,15 +196,23 @@ def lanczos(
         raise ValueError(f"stop_on must be one of {_STOP_ON}; got {stop_on!r}.")
 
     v = _start_vector(v0, op.dim, op.dtype, op.device, generator)
-    basis = torch.empty(num_steps, op.dim, dtype=op.dtype, device=op.device)
+    basis = LanczosBasis(
+        num_steps,
+        op.dim,
+        dtype=op.dtype,
+        device=op.device,
+        storage_dtype=basis_dtype,
+        storage_device=basis_device,
+    )
     alphas: list[float] = []
     betas: list[float] = []
     eps = torch.finfo(op.dtype).eps
     anorm = 0.0
     breakdown = False
     beta_prev = 0.0
+    v_prev = v
     for j in range(num_steps):
-        basis[j] = v
+        basis.append(v)
         w = op.matvec(v)
         if w.shape != v.shape:
             raise ValueError(f"operator returned shape {tuple(w.shape)}; expected ({op.dim},).")
@@ -203,11 +220,9 @@ def lanczos(
         alpha = float(torch.dot(v.double(), w.double()))
         w = w - alpha * v
         if j > 0:
-            w = w - beta_prev * basis[j - 1]
+            w = w - beta_prev * v_prev
         if reorthogonalize:
-            q = basis[: j + 1]
-            for _ in range(2):
-                w = w - q.T @ (q @ w)
+            w = basis.project_out(w)
         beta = float(torch.linalg.vector_norm(w.double()))
         alphas.append(alpha)
         anorm = max(anorm, abs(alpha) + beta + beta_prev)
@@ -229,7 +244,7 @@ def lanczos(
         if j < num_steps - 1:
             betas.append(beta)
         beta_prev = beta
-        v = w / beta
+        v_prev, v = v, w / beta
 
     m = len(alphas)
     alpha_t = torch.tensor(alphas, dtype=torch.float64)
@@ -246,10 +261,9 @@ def lanczos(
         eigvecs_T=s,
         breakdown=breakdown,
     )
-    basis = basis[:m]
     if compute_vectors:
-        u = basis.T @ s.to(op.dtype)
+        u = basis.combine(s)
         res.ritz_vectors = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
     if keep_basis:
-        res.basis = basis
+        res.basis = basis.tensor()
     return res

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from lanczos_optim._lanczos_many import lanczos_many
 from lanczos_optim._linear_operator import as_matvec
 from lanczos_optim.lanczos import LanczosResult, lanczos
 
@@ -91,6 +92,7 @@ def spectral_density(
     probe: str = "gaussian",
     generator: torch.Generator | None = None,
     reorthogonalize: bool = True,
+    batch_probes: bool | None = None,
     dim: int | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
@@ -110,6 +112,10 @@ def spectral_density(
         probe: ``"gaussian"`` or ``"rademacher"``.
         generator: Random generator for the probes.
         reorthogonalize: Full reorthogonalisation (default).
+        batch_probes: Run the probes in lock-step, one ``matmat`` of all probes per step.
+            Default: when the operator has ``matmat`` and there are several probes. Gives the
+            same result as running them one by one; faster where ``matmat`` shares work (see
+            ``benchmarks/peers.py``). Always reorthogonalises.
         dim: Dimension of a callable operator.
         dtype: Dtype of a callable operator.
         device: Device of a callable operator.
@@ -132,10 +138,14 @@ def spectral_density(
     if probe not in _PROBES:
         raise ValueError(f"probe must be one of {_PROBES}; got {probe!r}.")
     op = as_matvec(operator, dim=dim, dtype=dtype, device=device)
-    results = []
-    for _ in range(num_probes):
-        v0 = _probe(probe, op.dim, op.dtype, op.device, generator)
-        results.append(
+    starts = [_probe(probe, op.dim, op.dtype, op.device, generator) for _ in range(num_probes)]
+    if batch_probes is None:
+        batch_probes = op.matmat is not None and num_probes > 1 and reorthogonalize
+    if batch_probes:
+        matmat = op.matmat or (lambda m: torch.stack([op.matvec(c) for c in m.T], dim=1))
+        results = lanczos_many(matmat, torch.stack(starts, dim=1), num_steps)
+    else:
+        results = [
             lanczos(
                 op.matvec,
                 num_steps,
@@ -145,7 +155,8 @@ def spectral_density(
                 dtype=op.dtype,
                 device=op.device,
             )
-        )
+            for v0 in starts
+        ]
     nodes = torch.cat([r.ritz_values for r in results])
     weights = torch.cat([r.weights for r in results]) / num_probes
     return SpectralDensity(nodes=nodes, weights=weights, dim=op.dim, per_probe=results)

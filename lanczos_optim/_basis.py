@@ -1,0 +1,73 @@
+"""Storage of a Lanczos basis, possibly on another device or in a lower precision."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_CHUNK = 16
+
+
+class LanczosBasis:
+    """Orthonormal Lanczos vectors kept in ``storage_dtype`` on ``storage_device``.
+
+    All arithmetic runs on the compute device in the compute dtype. When the storage differs,
+    vectors move over in chunks of 16, so the compute device holds at most 16 of them; when it
+    is the same, one matrix product does each projection.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        dim: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        storage_dtype: torch.dtype | None = None,
+        storage_device: torch.device | str | None = None,
+    ) -> None:
+        self.dtype, self.device = dtype, device
+        sdtype = storage_dtype or dtype
+        sdevice = torch.device(storage_device) if storage_device is not None else device
+        self.data = torch.empty(capacity, dim, dtype=sdtype, device=sdevice)
+        self.size = 0
+        self._direct = sdtype == dtype and sdevice == device
+
+    def append(self, v: Tensor) -> None:
+        """Store ``v`` as the next basis vector."""
+        self.data[self.size] = v.to(self.data.device, self.data.dtype)
+        self.size += 1
+
+    def get(self, j: int) -> Tensor:
+        """Basis vector ``j`` in the compute dtype on the compute device."""
+        return self.data[j].to(self.device, self.dtype)
+
+    def _chunks(self):
+        for start in range(0, self.size, _CHUNK):
+            stop = min(start + _CHUNK, self.size)
+            yield start, stop, self.data[start:stop].to(self.device, self.dtype)
+
+    def project_out(self, w: Tensor, passes: int = 2) -> Tensor:
+        """Remove from ``w`` its components along the stored vectors (Gram-Schmidt, twice)."""
+        for _ in range(passes):
+            if self._direct:
+                q = self.data[: self.size]
+                w = w - q.T @ (q @ w)
+            else:
+                for _, _, q in self._chunks():
+                    w = w - q.T @ (q @ w)
+        return w
+
+    def combine(self, coefficients: Tensor) -> Tensor:
+        """Return ``V^T C`` for a ``[size, k]`` coefficient matrix ``C``: shape ``[P, k]``."""
+        c = coefficients.to(self.device, self.dtype)
+        if self._direct:
+            return self.data[: self.size].T @ c
+        out = torch.zeros(self.data.shape[1], c.shape[1], dtype=self.dtype, device=self.device)
+        for start, stop, q in self._chunks():
+            out += q.T @ c[start:stop]
+        return out
+
+    def tensor(self) -> Tensor:
+        """The stored ``[size, P]`` basis (in its storage dtype and device)."""
+        return self.data[: self.size]
