@@ -20,6 +20,7 @@ class _MatVec:
     dtype: torch.dtype
     device: torch.device
     matmat: Callable[[Tensor], Tensor] | None = None
+    sync: Callable[[Tensor], Tensor] | None = None
 
 
 def _check_dense(matrix: Tensor) -> None:
@@ -82,6 +83,7 @@ def as_matvec(
             dtype=getattr(operator, "dtype", None) or dtype or torch.get_default_dtype(),
             device=torch.device(getattr(operator, "device", None) or device or "cpu"),
             matmat=getattr(operator, "matmat", None),
+            sync=getattr(operator, "sync_vector", None),
         )
     if callable(operator):
         if dim is None or int(dim) < 1:

@@ -196,6 +196,8 @@ def lanczos(
         raise ValueError(f"stop_on must be one of {_STOP_ON}; got {stop_on!r}.")
 
     v = _start_vector(v0, op.dim, op.dtype, op.device, generator)
+    if op.sync is not None:  # a distributed operator: every rank starts from rank 0's vector
+        v = op.sync(v)
     basis = LanczosBasis(
         num_steps,
         op.dim,

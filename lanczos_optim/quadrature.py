@@ -139,6 +139,8 @@ def spectral_density(
         raise ValueError(f"probe must be one of {_PROBES}; got {probe!r}.")
     op = as_matvec(operator, dim=dim, dtype=dtype, device=device)
     starts = [_probe(probe, op.dim, op.dtype, op.device, generator) for _ in range(num_probes)]
+    if op.sync is not None:  # a distributed operator: every rank uses rank 0's probes
+        starts = [op.sync(s) for s in starts]
     if batch_probes is None:
         batch_probes = op.matmat is not None and num_probes > 1 and reorthogonalize
     if batch_probes:

@@ -101,6 +101,8 @@ class CurvatureOperator:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # products reduce over ranks themselves
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}.")
         self.model = model
@@ -150,11 +152,23 @@ class CurvatureOperator:
     ) -> list[list[Tensor]]:
         raise NotImplementedError
 
+    def _is_distributed(self) -> bool:
+        if self.distributed is None:
+            return dist.is_available() and dist.is_initialized()
+        return self.distributed
+
+    def sync_vector(self, vector: Tensor) -> Tensor:
+        """Return rank 0's copy of ``vector`` on every rank (a no-op in a single process).
+
+        Lanczos calls this on its start vector so that all ranks run the same recurrence.
+        """
+        if self._is_distributed():
+            vector = vector.clone()
+            dist.broadcast(vector, src=0)
+        return vector
+
     def _reduce(self, acc: Tensor, count: int) -> tuple[Tensor, int]:
-        use = self.distributed
-        if use is None:
-            use = dist.is_available() and dist.is_initialized()
-        if not use:
+        if not self._is_distributed():
             return acc, count
         flat = torch.cat([acc.reshape(-1), acc.new_tensor([float(count)])])
         dist.all_reduce(flat)

@@ -1,0 +1,57 @@
+"""Worker for test_distributed.py: run under torchrun with 2 processes (gloo, CPU)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lanczos_optim import GGNOperator, HessianOperator, lanczos, spectral_density
+
+
+def problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x = torch.randn(20, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,))
+    return model, x, y
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, size: int = 5) -> list:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def spectra(model, data) -> dict[str, np.ndarray]:
+    out = {}
+    for name, cls in (("hessian", HessianOperator), ("ggn", GGNOperator)):
+        op = cls(model, nn.CrossEntropyLoss(), data)
+        res = lanczos(op, 30, generator=torch.Generator().manual_seed(7))
+        out[f"{name}_ritz"] = res.ritz_values.numpy()
+        out[f"{name}_weights"] = res.weights.numpy()
+        sd = spectral_density(op, 10, 3, generator=torch.Generator().manual_seed(8))
+        out[f"{name}_slq_nodes"] = sd.nodes.numpy()
+        loss, grad = op.loss_and_gradient()
+        out[f"{name}_loss"] = np.array([loss])
+        out[f"{name}_grad"] = grad.numpy()
+    return out
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model, x, y = problem()
+    torch.manual_seed(100 + rank)  # different global RNG per rank: the start vector must not care
+    shard = slice(0, 13) if rank == 0 else slice(13, 20)  # ragged shards, ragged batches
+    result = spectra(model, batches(x[shard], y[shard]))
+    gathered = [None, None]
+    dist.all_gather_object(gathered, {k: v.tolist() for k, v in result.items()})
+    if rank == 0:
+        np.savez(sys.argv[1], **result, other_rank_hessian=np.array(gathered[1]["hessian_ritz"]))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

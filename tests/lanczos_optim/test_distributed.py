@@ -1,0 +1,35 @@
+"""Two gloo processes on the CPU give the single-process spectra (torchrun)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+
+_WORKER = Path(__file__).with_name("_dist_worker.py")
+_spec = importlib.util.spec_from_file_location("_dist_worker", _WORKER)
+_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_worker)
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+
+
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    out = tmp_path / "dist.npz"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*cmd, str(_WORKER), str(out)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, x, y = _worker.problem()
+    single = _worker.spectra(model, _worker.batches(x, y, size=7))
+    with np.load(out, allow_pickle=False) as multi:
+        for key, ref in single.items():
+            np.testing.assert_allclose(multi[key], ref, rtol=1e-6, atol=1e-9, err_msg=key)
+        np.testing.assert_array_equal(multi["other_rank_hessian"], multi["hessian_ritz"])
