@@ -113,6 +113,8 @@ class CurvatureOperator:
         self.distributed = distributed
         self._sum_reduction = getattr(loss_fn, "reduction", "mean") == "sum"
         self.num_samples: int | None = None
+        #: Number of operator-vector products computed so far (columns of ``matmat`` count each).
+        self.num_products = 0
         p = self.params[0]
         dim = sum(q.numel() for q in self.params)
         self.shape = (dim, dim)
@@ -203,7 +205,9 @@ class CurvatureOperator:
             prods = self._batch_products(x, y, columns)
             return torch.stack([flatten_tensors(p) for p in prods], dim=1)
 
-        return self._accumulate(per_batch, matrix.shape[1])
+        result = self._accumulate(per_batch, matrix.shape[1])
+        self.num_products += matrix.shape[1]
+        return result
 
     def matvec(self, vector: Tensor) -> Tensor:
         """Multiply the operator onto a ``[P]`` vector."""
