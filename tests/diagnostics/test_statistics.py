@@ -128,7 +128,7 @@ def test_ragged_weighting_recovers_full_data_loss_and_gradient(case: tuple) -> N
     assert stats.loss_mean == pytest.approx(float(full), rel=1e-12)
     sq = float(sum(g.square().sum() for g in grad))
     assert stats.grad_mean_sq_norm == pytest.approx(sq, rel=1e-10)
-    plain = sum(float(loss_fn(model(b[0]), b[1])) for b in data) / len(data)
+    plain = sum(float(loss_fn(model(b[0]), b[1]).detach()) for b in data) / len(data)
     assert abs(plain - float(full)) > 1e-6  # an unweighted batch mean would be wrong here
 
 
@@ -138,7 +138,7 @@ def test_weight_norms(case: tuple) -> None:
     named = dict(model.named_parameters())
     assert set(stats.weight_l2) == set(named)
     for name, p in named.items():
-        assert stats.weight_l2[name] == pytest.approx(float(torch.linalg.vector_norm(p)))
+        assert stats.weight_l2[name] == pytest.approx(float(torch.linalg.vector_norm(p.detach())))
         assert stats.weight_linf[name] == float(p.abs().max())
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert stats.weight_l2_total == pytest.approx(float(flat.norm()), rel=1e-14)
