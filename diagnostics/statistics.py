@@ -262,6 +262,6 @@ def loss_statistics(
     for c, accs in curv_m.items():
         setattr(stats, f"{c}_mean_sq_norm", sum(a.mean_sq_norm() for a in accs) / num_probes)
         setattr(stats, f"{c}_var", sum(a.variance() for a in accs) / num_probes)
-        mu = sum(float(z @ a.mean) for z, a in zip(probes, accs, strict=True))
+        mu = sum(float(z @ a.mean.cpu()) for z, a in zip(probes, accs, strict=True))
         setattr(stats, f"{c}_mu", mu / num_probes)
     return stats
