@@ -1,0 +1,219 @@
+"""Optimisers by name, and one training step that works for every optimiser.
+
+Two step protocols exist:
+
+- **torch.optim style** (SGD, Adam, any ``torch.optim`` class): ``zero_grad()``, forward,
+  ``loss.backward()``, ``step()``. ``torch.optim.LBFGS`` gets the usual closure that calls
+  ``backward`` itself.
+- **Self-differentiating** (:class:`lanczos_optim.LanczosNewton`,
+  :class:`lanczos_optim.LanczosSaddleFreeNewton`): ``step(closure)`` with a closure that only
+  runs the forward pass and returns ``(loss, outputs)`` *without* calling ``backward``; the
+  optimiser differentiates the loss, computes curvature products and writes ``p.grad``.
+
+:func:`differentiates_itself` decides which protocol an optimiser follows and
+:func:`train_step` applies it.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(4, 3)
+    >>> opt = build_optimizer("lanczos_newton", model.parameters(), lanczos_steps=3)
+    >>> differentiates_itself(opt)
+    True
+    >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    >>> loss, outputs = train_step(model, opt, torch.nn.functional.cross_entropy, x, y)
+    >>> outputs.shape, loss.requires_grad
+    (torch.Size([8, 3]), False)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "OPTIMIZERS",
+    "build_optimizer",
+    "differentiates_itself",
+    "resolve_optimizer",
+    "train_step",
+]
+
+#: Short names accepted by :func:`build_optimizer` (besides any ``torch.optim`` class name).
+OPTIMIZERS = ("sgd", "adam", "lanczos_newton", "lanczos_saddle_free")
+
+_SHORT = {
+    "sgd": ("torch.optim", "SGD"),
+    "adam": ("torch.optim", "Adam"),
+    "lanczos_newton": ("lanczos_optim", "LanczosNewton"),
+    "lanczos_saddle_free": ("lanczos_optim", "LanczosSaddleFreeNewton"),
+}
+_SELF_DIFFERENTIATING = ("LanczosNewton", "LanczosSaddleFreeNewton", "_LanczosNewtonBase")
+
+
+def _torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
+    out = {}
+    for name in dir(torch.optim):
+        obj = getattr(torch.optim, name)
+        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
+            out[name] = obj
+    out.pop("Optimizer", None)
+    return out
+
+
+def resolve_optimizer(name: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """Return the optimiser class for a short name or a ``torch.optim`` class name.
+
+    Matching ignores case and treats ``-`` as ``_``: ``"SGD"``, ``"sgd"``, ``"AdamW"``,
+    ``"adamw"``, ``"lanczos-newton"`` and ``"LanczosNewton"`` all work. A class is returned as is.
+
+    Args:
+        name: One of :data:`OPTIMIZERS`, a ``torch.optim`` class name, a
+            ``lanczos_optim`` optimiser class name, or an optimiser class.
+
+    Returns:
+        The class.
+
+    Raises:
+        ValueError: Unknown name, with the allowed names.
+
+    Example:
+        >>> resolve_optimizer("rmsprop").__name__
+        'RMSprop'
+    """
+    if isinstance(name, type) and issubclass(name, torch.optim.Optimizer):
+        return name
+    key = str(name).lower().replace("-", "_")
+    if key in _SHORT:
+        module, attr = _SHORT[key]
+        return getattr(importlib.import_module(module), attr)
+    candidates = _torch_optimizers()
+    for attr in ("LanczosNewton", "LanczosSaddleFreeNewton"):
+        candidates[attr] = getattr(importlib.import_module("lanczos_optim"), attr)
+    for cls_name, cls in candidates.items():
+        if cls_name.lower() == key.replace("_", "") or cls_name.lower() == key:
+            return cls
+    raise ValueError(
+        f"Unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}, or the name of any "
+        "torch.optim optimizer class (e.g. AdamW, RMSprop, Adagrad, LBFGS)."
+    )
+
+
+def build_optimizer(
+    name: str | type[torch.optim.Optimizer],
+    params: Iterable[Tensor] | Iterable[dict[str, Any]],
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Build an optimiser by name with its keyword arguments.
+
+    Args:
+        name: See :func:`resolve_optimizer`.
+        params: Parameters (or parameter groups) to optimise.
+        **kwargs: The optimiser's hyperparameters, e.g. ``lr=0.05, momentum=0.9``.
+
+    Returns:
+        The optimiser.
+
+    Raises:
+        ValueError: Unknown name, or an invalid hyperparameter (the optimiser's own message).
+        TypeError: A keyword argument the optimiser does not take.
+
+    Example:
+        >>> opt = build_optimizer("sgd", torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
+        >>> type(opt).__name__, opt.defaults["momentum"]
+        ('SGD', 0.9)
+    """
+    cls = resolve_optimizer(name)
+    try:
+        return cls(params, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"{cls.__name__}: {err}") from None
+
+
+def differentiates_itself(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` wants a forward-only closure returning ``(loss, outputs)``.
+
+    The rule, in order:
+
+    1. An attribute ``differentiates_closure`` on the optimiser (or its class) decides, so any
+       third-party optimiser with the same protocol can opt in (``True``) or out (``False``).
+    2. Otherwise it is ``True`` for the optimisers of ``lanczos_optim`` (any class named
+       ``LanczosNewton``, ``LanczosSaddleFreeNewton`` or their shared base
+       ``_LanczosNewtonBase`` in the method resolution order, defined in a ``lanczos_optim``
+       module), and ``False`` for everything else.
+
+    Args:
+        optimizer: The optimiser.
+
+    Returns:
+        ``True`` for the self-differentiating protocol.
+
+    Example:
+        >>> differentiates_itself(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+        False
+    """
+    flag = getattr(optimizer, "differentiates_closure", None)
+    if flag is not None:
+        return bool(flag)
+    return any(
+        cls.__name__ in _SELF_DIFFERENTIATING and cls.__module__.startswith("lanczos_optim")
+        for cls in type(optimizer).__mro__
+    )
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One optimiser step on one batch, with the protocol the optimiser needs.
+
+    The model is left in the mode the caller set (train mode for training).
+
+    Args:
+        model: The network.
+        optimizer: Any optimiser (see :func:`differentiates_itself`).
+        loss_fn: ``loss_fn(outputs, targets)`` returning the mean loss of the batch.
+        inputs: The batch.
+        targets: Its labels.
+
+    Returns:
+        ``(loss, outputs)`` of the first forward pass of the step (before the update), detached.
+    """
+    first: list[tuple[Tensor, Tensor]] = []
+
+    if differentiates_itself(optimizer):
+
+        def closure() -> tuple[Tensor, Tensor]:
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
+            if not first:
+                first.append((loss.detach(), outputs.detach()))
+            return loss, outputs
+
+        optimizer.step(closure)
+    elif isinstance(optimizer, torch.optim.LBFGS):
+
+        def lbfgs_closure() -> Tensor:
+            optimizer.zero_grad()
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
+            loss.backward()
+            if not first:
+                first.append((loss.detach(), outputs.detach()))
+            return loss
+
+        optimizer.step(lbfgs_closure)
+    else:
+        optimizer.zero_grad()
+        outputs = model(inputs)
+        loss = loss_fn(outputs, targets)
+        loss.backward()
+        optimizer.step()
+        first.append((loss.detach(), outputs.detach()))
+    return first[0]
