@@ -138,6 +138,7 @@ def test_weight_norms(case: tuple) -> None:
     named = dict(model.named_parameters())
     assert set(stats.weight_l2) == set(named)
     for name, p in named.items():
+        p = p.detach()
         assert stats.weight_l2[name] == pytest.approx(float(torch.linalg.vector_norm(p.detach())))
         assert stats.weight_linf[name] == float(p.abs().max())
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
