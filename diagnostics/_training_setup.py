@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import SWALR
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from diagnostics.checkpoint import latest_checkpoint, read_checkpoint
 from diagnostics.datasets import DATASETS, dataset_info, load_dataset
 from diagnostics.models import _canonical
-from diagnostics.schedules import SCHEDULES
+from diagnostics.schedules import SCHEDULES, build_schedule
 
 __all__: list[str] = []
 
@@ -139,3 +141,36 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
     return repr(obj)
+
+
+def build_schedulers(
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    schedule_kwargs: Mapping[str, float] | None,
+    epochs: int,
+    swa: bool,
+    swa_start: int | None,
+    swa_lr: float | None,
+) -> tuple[LambdaLR, SWALR | None, int | None, float | None, dict[str, float]]:
+    """The epoch schedule and, with SWA, ``SWALR`` plus the resolved ``swa_start``/``swa_lr``.
+
+    With SWA the schedule's budget is ``swa_start`` epochs and the linear schedule's final ratio
+    defaults to ``swa_lr / lr`` (as in Garipov et al.'s SWA code); ``SWALR`` anneals to
+    ``swa_lr`` within one epoch.
+    """
+    lr0 = float(optimizer.param_groups[0]["lr"])
+    kwargs = dict(schedule_kwargs or {})
+    if not swa:
+        return (
+            build_schedule(schedule, optimizer, epochs=epochs, **kwargs),
+            None,
+            None,
+            None,
+            kwargs,
+        )
+    start = int(0.75 * epochs) if swa_start is None else swa_start
+    lr_swa = 0.1 * lr0 if swa_lr is None else float(swa_lr)
+    if schedule == "linear" and lr0 > 0:
+        kwargs.setdefault("ratio", lr_swa / lr0)
+    scheduler = build_schedule(schedule, optimizer, epochs=max(start, 1), **kwargs)
+    return scheduler, SWALR(optimizer, swa_lr=lr_swa, anneal_epochs=1), start, lr_swa, kwargs

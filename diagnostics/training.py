@@ -53,12 +53,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from diagnostics._training_loop import Callback, TrainingStep, evaluate, run_epoch, write_stats
 from diagnostics._training_setup import (
+    build_schedulers,
     check_arguments,
     find_resume,
     load_data,
@@ -69,7 +70,6 @@ from diagnostics._training_setup import (
 from diagnostics.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from diagnostics.models import build_model
 from diagnostics.optimizers import build_optimizer, resolve_optimizer
-from diagnostics.schedules import build_schedule
 
 __all__ = ["STATS_FILENAME", "Callback", "TrainResult", "TrainingStep", "train_network"]
 
@@ -216,16 +216,10 @@ def train_network(
         kwargs_o["lr"] = lr
     opt = build_optimizer(opt_cls, net.parameters(), **kwargs_o)
     lr0 = float(opt.param_groups[0]["lr"])
-    if swa:
-        swa_start = int(0.75 * epochs) if swa_start is None else swa_start
-        swa_lr = 0.1 * lr0 if swa_lr is None else swa_lr
-    kwargs_s = dict(schedule_kwargs or {})
-    if swa and schedule == "linear" and lr0 > 0:
-        kwargs_s.setdefault("ratio", swa_lr / lr0)  # type: ignore[operator]
-    budget = max(swa_start, 1) if swa else epochs  # type: ignore[type-var]
-    scheduler = build_schedule(schedule, opt, epochs=budget, **kwargs_s)  # type: ignore[arg-type]
+    scheduler, swa_sched, swa_start, swa_lr, kwargs_s = build_schedulers(
+        opt, schedule, schedule_kwargs, epochs, swa, swa_start, swa_lr
+    )
     swa_model = AveragedModel(net) if swa else None
-    swa_sched = SWALR(opt, swa_lr=swa_lr, anneal_epochs=1) if swa else None  # type: ignore[arg-type]
 
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics import models
+from diagnostics import _preresnet, models
 from diagnostics.models import MODELS, VGG16, PreResNet, build_model
 
 
@@ -101,7 +101,8 @@ def test_bad_input(call, exc: type[Exception], match: str) -> None:
         call()
 
 
-def test_doctests() -> None:
-    result = doctest.testmod(models, optionflags=doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", [models, _preresnet])
+def test_doctests(module: object) -> None:
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
