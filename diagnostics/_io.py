@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,6 +29,18 @@ __all__ = ["FORMAT_PREFIX", "atomic_write", "load_npz", "save_npz"]
 
 FORMAT_PREFIX = "lanczos-optim/"
 _RESERVED = ("format", "format_version", "meta")
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    # Unlike tempfile.mkstemp (mode 0600), os.open with 0o666 lets the umask decide, so the
+    # result gets the permissions of any other new file.
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"Could not create a temporary file in {str(folder)!r}.")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
@@ -56,7 +68,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     folder = dest.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"Cannot write {str(dest)!r}: folder {str(folder)!r} not found.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = _create_temp(folder, dest.name)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -64,7 +76,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             os.fsync(handle.fileno())
         os.replace(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return dest
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 
@@ -154,3 +156,12 @@ def test_saved_file_is_a_plain_zip(saved: Path) -> None:
     with zipfile.ZipFile(saved) as zf:
         assert zf.testzip() is None
         assert {"format.npy", "format_version.npy", "meta.npy", "x.npy"} <= set(zf.namelist())
+
+
+def test_new_file_gets_umask_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = save_npz(tmp_path / "p.npz", "demo", {"x": np.ones(1)}, {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
