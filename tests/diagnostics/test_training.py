@@ -146,49 +146,64 @@ class _CrashInEpoch2(Callback):
             raise _Crash
 
 
+def _bn_dropout_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(8, 10),
+    )
+
+
+def _assert_states_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        other = b[key]
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other), key
+        elif isinstance(value, dict):
+            _assert_states_equal(value, other)
+        else:
+            assert value == other, key
+
+
 @pytest.mark.parametrize(
-    ("optimizer", "kwargs"),
+    ("optimizer", "kwargs", "extra"),
     [
-        ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}),
-        (
-            "lanczos_newton",
-            {"lr": 0.5, "lanczos_steps": 3, "momentum": 0.5, "krylov_start": "random"},
-        ),
+        ("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}, {}),
+        ("lanczos_newton",
+         {"lr": 0.5, "lanczos_steps": 3, "momentum": 0.5, "krylov_start": "random"}, {}),
+        ("sgd", {"lr": 0.1, "momentum": 0.9}, {"swa": True, "swa_start": 0, "swa_lr": 0.05}),
     ],
-)
+)  # fmt: skip
 def test_resume_continues_bit_exactly(
-    tmp_path: Path, digits: tuple, optimizer: str, kwargs: dict
+    tmp_path: Path, digits: tuple, optimizer: str, kwargs: dict, extra: dict
 ) -> None:
     train, test = digits
     common = {
         "dataset": train, "test_dataset": test, "epochs": 2, "batch_size": 32, "seed": 3,
         "optimizer": optimizer, "optimizer_kwargs": kwargs, "progress": False,
-        "checkpoint_every": 1,
+        "checkpoint_every": 1, **extra,
     }  # fmt: skip
+    factory = _bn_dropout_net if extra else _dropout_mlp
     torch.manual_seed(11)
-    whole = train_network(model=_dropout_mlp(), checkpoint_dir=tmp_path / "a", **common)
+    whole = train_network(model=factory(), checkpoint_dir=tmp_path / "a", **common)
 
     torch.manual_seed(11)
     with pytest.raises(_Crash):  # stops in the middle of epoch 2, after checkpoint-00001
         train_network(
-            model=_dropout_mlp(),
-            checkpoint_dir=tmp_path / "b",
-            callbacks=[_CrashInEpoch2()],
-            **common,
+            model=factory(), checkpoint_dir=tmp_path / "b", callbacks=[_CrashInEpoch2()], **common
         )
     torch.manual_seed(12)  # a different initialisation: everything must come from the checkpoint
-    resumed = train_network(model=_dropout_mlp(), resume=tmp_path / "b", **common)
+    resumed = train_network(model=factory(), resume=tmp_path / "b", **common)
 
-    for a, b in zip(
-        whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b)
-    sa, sb = whole.optimizer.state_dict(), resumed.optimizer.state_dict()
-    assert sa["param_groups"] == sb["param_groups"]
-    for key, state in sa["state"].items():
-        for name, value in state.items():
-            other = sb["state"][key][name]
-            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+    _assert_states_equal(whole.model.state_dict(), resumed.model.state_dict())
+    _assert_states_equal(whole.optimizer.state_dict(), resumed.optimizer.state_dict())
+    if extra:
+        _assert_states_equal(whole.swa_model.state_dict(), resumed.swa_model.state_dict())
+        assert whole.swa_metrics == resumed.swa_metrics
     strip = [{k: v for k, v in row.items() if k != "time"} for row in whole.history]
     assert [{k: v for k, v in row.items() if k != "time"} for row in resumed.history] == strip
     assert len((tmp_path / "b" / "stats.jsonl").read_text().splitlines()) == 2
