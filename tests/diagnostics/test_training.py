@@ -280,3 +280,13 @@ def test_checkpoint_written_by_hand_resumes(tmp_path: Path, digits: tuple) -> No
         train_network(
             model=_dropout_mlp(), dataset=digits[0], epochs=2, resume=tmp_path, progress=False
         )
+
+
+@pytest.mark.parametrize("module", ["diagnostics.optimizers", "diagnostics.training"])
+def test_doctests(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0
+    assert result.failed == 0
