@@ -21,8 +21,10 @@ _PLANE = tuple(f"plane_{k}" for k in _LINES)
 class Landscape:
     r"""Loss and accuracy at :math:`w + t v` for several directions :math:`v`.
 
-    Attributes (also the keys of the saved file, besides ``format``, ``format_version`` and
-    ``meta``):
+    :meth:`save` writes every attribute below as a key of one ``.npz`` file, next to
+    ``format``, ``format_version`` and ``meta`` (JSON).
+
+    Attributes:
         t: float64 ``[n]``, the step sizes ``linspace(-dist, dist, n_points)``.
         train_loss, train_acc, test_loss, test_acc: float64 ``[k, n]`` per direction and step
             (NaN without test data; accuracy NaN unless targets are class indices).

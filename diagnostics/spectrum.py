@@ -36,8 +36,10 @@ class Spectrum(SpectrumSummaries):
 
     whose moments estimate :math:`\operatorname{tr}(C^k)/P` (paper, appendix B.2).
 
-    Attributes (also the keys of the saved file, besides ``format``, ``format_version`` and
-    ``meta``):
+    :meth:`save` writes every attribute below as a key of one ``.npz`` file, next to
+    ``format``, ``format_version`` and ``meta`` (JSON).
+
+    Attributes:
         ritz_values: float64 ``[n]``, the Ritz values of all probes, concatenated, ascending
             within each probe.
         weights: float64 ``[n]``, the combined measure's weights :math:`\gamma^{(j)}_i / d`;
