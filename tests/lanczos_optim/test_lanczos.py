@@ -267,6 +267,21 @@ def test_start_on_an_eigenvector_breaks_down_after_one_step():
     assert abs(float(res.ritz_vectors[:, 0] @ vecs[:, -2])) == pytest.approx(1.0, abs=1e-12)
 
 
+def test_a_tiny_component_is_not_mistaken_for_breakdown():
+    """beta ~ 1e-7 ||A|| is a real direction: the breakdown threshold is eps^(2/3) ||T||."""
+    a = _rotated(torch.arange(1.0, P + 1.0, dtype=F64), torch.Generator().manual_seed(4))
+    lam, vecs = torch.linalg.eigh(a)
+    eps = 1e-7
+    v0 = vecs[:, 3] + eps * vecs[:, 10]
+    res = lanczos(a, P, v0=v0)
+    assert torch.isfinite(res.ritz_values).all()
+    i = int(torch.argmin((res.ritz_values - lam[10]).abs()))
+    assert float(res.ritz_values[i]) == pytest.approx(float(lam[10]), abs=1e-8)
+    assert float(res.weights[i]) == pytest.approx(eps**2 / (1 + eps**2), rel=1e-6)
+    j = int(torch.argmin((res.ritz_values - lam[3]).abs()))
+    assert float(res.weights[j]) == pytest.approx(1.0, abs=1e-12)
+
+
 # ----------------------------------------------------------------------------- early stop
 
 
