@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
+from diagnostics import random_matrices
 from diagnostics.random_matrices import (
     marchenko_pastur,
     marchenko_pastur_atom,
@@ -337,3 +339,27 @@ def test_synthetic_spectrum_scales_its_composition_with_p():
 def test_bad_input_is_rejected_with_the_value_named(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def test_public_names_and_doctests():
+    assert sorted(random_matrices.__all__) == sorted(
+        [
+            "wigner",
+            "semicircle_density",
+            "semicircle_cdf",
+            "marchenko_pastur",
+            "marchenko_pastur_density",
+            "marchenko_pastur_cdf",
+            "marchenko_pastur_atom",
+            "marchenko_pastur_support",
+            "synthetic_spectrum",
+        ]
+    )
+    for name in random_matrices.__all__:
+        assert getattr(random_matrices, name).__doc__
+    result = doctest.testmod(random_matrices)
+    assert result.attempted >= 9
+    assert result.failed == 0
