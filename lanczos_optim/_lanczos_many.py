@@ -33,7 +33,16 @@ def lanczos_many(
     for j in range(num_steps):
         basis[:, j] = v.T
         w = torch.zeros_like(v)
-        w[:, active] = matmat(v[:, active]).to(dtype)
+        product = matmat(v[:, active])
+        if product.shape != (dim, len(active)):
+            raise ValueError(
+                f"matmat returned shape {tuple(product.shape)}; expected ({dim}, {len(active)})."
+            )
+        if not torch.isfinite(product).all():
+            raise FloatingPointError(
+                f"Lanczos step {j + 1}: the operator returned non-finite values."
+            )
+        w[:, active] = product.to(dtype)
         alpha = (v.double() * w.double()).sum(0)
         beta_prev = betas[:, j - 1] if j else torch.zeros(k, dtype=torch.float64)
         w = w - alpha.to(dtype) * v - beta_prev.to(dtype) * v_prev

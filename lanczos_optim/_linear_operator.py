@@ -30,6 +30,8 @@ def _check_dense(matrix: Tensor) -> None:
         )
     if not matrix.is_floating_point():
         raise TypeError(f"A dense operator must be floating point; got dtype {matrix.dtype}.")
+    if not torch.isfinite(matrix).all():
+        raise ValueError("A dense operator must be finite; got NaN or infinite entries.")
     scale = matrix.abs().max()
     asym = (matrix - matrix.T).abs().max()
     tol = 100 * torch.finfo(matrix.dtype).eps * max(float(scale), 1e-300)

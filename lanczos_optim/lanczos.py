@@ -81,6 +81,15 @@ def _converged(theta: Tensor, res: Tensor, tol: float, stop_on: str) -> bool:
     return bool(ok.all())
 
 
+def check_num_steps(num_steps: object, dim: int) -> int:
+    """Return ``num_steps`` if it is an int in ``[1, dim]``, else raise naming the value."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+        raise TypeError(f"num_steps must be an int; got {num_steps!r}.")
+    if not 1 <= num_steps <= dim:
+        raise ValueError(f"num_steps must be in [1, {dim}] (the dimension); got {num_steps}.")
+    return num_steps
+
+
 def _start_vector(
     v0: Tensor | None,
     dim: int,
@@ -186,10 +195,7 @@ def lanczos(
         dtype = dtype or v0.dtype
         device = device or v0.device
     op = as_matvec(operator, dim=dim, dtype=dtype, device=device)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
-        raise TypeError(f"num_steps must be an int; got {num_steps!r}.")
-    if not 1 <= num_steps <= op.dim:
-        raise ValueError(f"num_steps must be in [1, {op.dim}] (the dimension); got {num_steps}.")
+    check_num_steps(num_steps, op.dim)
     if tol is not None and not tol > 0:
         raise ValueError(f"tol must be positive or None; got {tol}.")
     if stop_on not in _STOP_ON:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lanczos_optim._lanczos_many import lanczos_many
 from lanczos_optim._linear_operator import as_matvec
-from lanczos_optim.lanczos import LanczosResult, lanczos
+from lanczos_optim.lanczos import LanczosResult, check_num_steps, lanczos
 
 __all__ = ["SpectralDensity", "spectral_density"]
 
@@ -138,6 +138,7 @@ def spectral_density(
     if probe not in _PROBES:
         raise ValueError(f"probe must be one of {_PROBES}; got {probe!r}.")
     op = as_matvec(operator, dim=dim, dtype=dtype, device=device)
+    check_num_steps(num_steps, op.dim)
     starts = [_probe(probe, op.dim, op.dtype, op.device, generator) for _ in range(num_probes)]
     if op.sync is not None:  # a distributed operator: every rank uses rank 0's probes
         starts = [op.sync(s) for s in starts]
