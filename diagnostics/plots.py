@@ -18,6 +18,8 @@ from diagnostics._plot_base import check_path, finish, new_figure
 from diagnostics._plot_landscape import plot_landscape, plot_landscape_2d
 
 __all__ = [
+    "plot_runs",
+    "rows_to_history",
     "plot_density",
     "plot_landscape",
     "plot_landscape_2d",
@@ -248,5 +250,74 @@ def plot_training_curves(
             ax.set_yscale("log")
         ax.set_title(metric)
         ax.set_xlabel(x or "index")
+        ax.legend(frameon=False, fontsize="small")
+    return finish(fig, target)
+
+
+def rows_to_history(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Turn per-epoch rows (``stats.jsonl``, ``TrainResult.history``) into metric -> values.
+
+    Missing values and ``None`` become NaN; non-numeric entries are dropped.
+
+    Example:
+        >>> rows_to_history([{"epoch": 1, "test_acc": None}, {"epoch": 2, "test_acc": 0.5}])
+        {'epoch': [1.0, 2.0], 'test_acc': [nan, 0.5]}
+    """
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row)]
+    out: dict[str, list[float]] = {}
+    for key in keys:
+        values = [row.get(key) for row in rows]
+        if all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
+        ):
+            out[key] = [float("nan") if v is None else float(v) for v in values]
+    return out
+
+
+def plot_runs(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    metrics: Sequence[str] = ("train_loss", "test_loss", "test_acc"),
+    x: str = "epoch",
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """Compare training runs: one panel per metric, one line per run (e.g. SGD vs LanczosNewton).
+
+    Args:
+        runs: Run label -> per-epoch rows (``TrainResult.history`` or ``stats.jsonl`` rows).
+        metrics: Row keys to plot, one panel each.
+        x: Row key of the x axis.
+        path: Optional ``.png``/``.pdf`` file to save to.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: On no runs, or a metric no run has.
+
+    Example:
+        >>> fig = plot_runs({"a": [{"epoch": 1, "train_loss": 1.0}]}, metrics=["train_loss"])
+        >>> fig.axes[0].lines[0].get_label()
+        'a'
+    """
+    target = check_path(path)
+    if not runs:
+        raise ValueError("runs is empty; give at least one run's rows.")
+    histories = {label: rows_to_history(rows) for label, rows in runs.items()}
+    for metric in metrics:
+        if not any(metric in h for h in histories.values()):
+            raise ValueError(
+                f"No run has metric {metric!r}; "
+                f"available: {sorted(set().union(*histories.values()))}."
+            )
+    fig = new_figure(4.0 * len(metrics), 3.2)
+    for n, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), n + 1)
+        for label, hist in histories.items():
+            if metric in hist:
+                xs = hist.get(x, list(range(1, len(hist[metric]) + 1)))
+                ax.plot(xs, hist[metric], marker="o", ms=3, label=label)
+        ax.set_title(metric)
+        ax.set_xlabel(x)
         ax.legend(frameon=False, fontsize="small")
     return finish(fig, target)

@@ -1,0 +1,154 @@
+"""The ``lanczos-optim`` command line: train, spectrum, stats, landscape, diagonal, plot, demo.
+
+Every command reads and writes the documented result files (``.npz`` with a ``format`` key,
+``stats.jsonl``, checkpoints). A user mistake (unknown name, missing file, wrong kind of file)
+prints one line on stderr and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from diagnostics import _commands as commands
+
+__all__ = ["build_parser", "main"]
+
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _analysis_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("model and data")
+    src.add_argument("--checkpoint", help="training checkpoint (its meta names model and data)")
+    src.add_argument("--model", help="model name without a checkpoint (default: mlp)")
+    src.add_argument("--dataset", help="data set (default: the checkpoint's, else digits)")
+    src.add_argument("--data-path", help="folder with the data files")
+    src.add_argument("--subset", type=int, default=1024, help="samples used (default: 1024)")
+    src.add_argument("--batch-size", type=int, default=256)
+    src.add_argument("--seed", type=int, default=0)
+    src.add_argument("--float64", action="store_true", help="analyse in float64")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``lanczos-optim`` command."""
+    parser = argparse.ArgumentParser(
+        prog="lanczos-optim",
+        description="Lanczos curvature of deep networks: train, spectra, statistics, "
+        "landscapes, diagonal approximations, plots.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a network (any optimiser, SWA, checkpoints, W&B)")
+    p.add_argument("--model", default="mlp", help="mlp, small_cnn, vgg16, vgg16_bn, preresnet20..")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-path")
+    p.add_argument("--subset", type=int)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        help="sgd, adam, lanczos_newton, lanczos_saddle_free or any torch.optim class name",
+    )
+    p.add_argument(
+        "--opt",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="optimiser keyword argument (repeatable), e.g. --opt momentum=0.9",
+    )
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--schedule", default="linear", help="linear (paper eq. 11), cosine, constant")
+    p.add_argument("--swa", action="store_true", help="stochastic weight averaging")
+    p.add_argument("--swa-start", type=int)
+    p.add_argument("--swa-lr", type=float)
+    p.add_argument("--out", default="results/train", help="folder for checkpoints and stats")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--resume", help="checkpoint (or its folder) to continue from")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--wandb",
+        choices=("online", "offline", "disabled"),
+        help="W&B mode (default: online with an API key, else offline)",
+    )
+    p.add_argument("--spectrum-every", type=int, help="log a Hessian spectrum every N epochs")
+
+    p = sub.add_parser("spectrum", help="Lanczos spectrum (stem plot) of the Hessian or GGN")
+    _analysis_args(p)
+    p.add_argument("--curvature", default="hessian", help="hessian or ggn")
+    p.add_argument("--steps", type=int, default=50, help="Lanczos steps (default 50)")
+    p.add_argument("--probes", type=int, default=1, help="random probes (default 1)")
+    p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
+    p.add_argument("--save-eigvec", action="store_true", help="keep Ritz vectors (landscape)")
+    p.add_argument("--out", default="results/spectrum.npz")
+
+    p = sub.add_parser("stats", help="loss, gradient and curvature variance statistics")
+    _analysis_args(p)
+    p.add_argument("--bn-mode", default="eval")
+    p.add_argument("--probes", type=int, default=1)
+    p.add_argument("--out", default="results/stats.json")
+
+    p = sub.add_parser("landscape", help="loss along Ritz vectors of a saved spectrum")
+    _analysis_args(p)
+    p.add_argument("--spectrum", required=True, help="spectrum .npz saved with --save-eigvec")
+    p.add_argument("--top", default="0,1,2,5", help="ranks from the top (default 0,1,2,5)")
+    p.add_argument("--bottom", default="0,1,2,5", help="ranks from the bottom")
+    p.add_argument("--dist", type=float, default=1.0)
+    p.add_argument("--n-points", type=int, default=21)
+    p.add_argument("--bn-mode", default="eval")
+    p.add_argument("--out", default="results/landscape.npz")
+
+    p = sub.add_parser("diagonal", help="BackPACK diagonals compared with a Lanczos spectrum")
+    _analysis_args(p)
+    p.add_argument("--kinds", default="diag_ggn_exact,diag_ggn_mc,diag_hessian")
+    p.add_argument("--spectrum", help="spectrum .npz to compare against")
+    p.add_argument(
+        "--hutchinson-fallback",
+        action="store_true",
+        help="estimate the diagonal by Hutchinson for models BackPACK refuses",
+    )
+    p.add_argument("--bn-mode", default="eval")
+    p.add_argument("--out", default="results/diagonal.npz")
+
+    p = sub.add_parser("plot", help="plot a result file (spectrum, landscape, diagonal, stats)")
+    p.add_argument("input", help="a .npz result file or a training stats.jsonl")
+    p.add_argument("--out", help="image path (.png or .pdf; default: beside the input)")
+
+    p = sub.add_parser("demo", help="the offline end-to-end demo on digits (a few minutes)")
+    p.add_argument("--out", default="results/demo")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    p.add_argument("--wandb", choices=("online", "offline", "disabled"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        getattr(commands, f"run_{args.command}")(args)
+    except _USER_ERRORS as err:
+        print(f"lanczos-optim {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lanczos-optim {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
