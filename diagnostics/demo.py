@@ -135,6 +135,7 @@ def run_demo(
         plot_spectrum(
             spectra["ggn"],
             diagonal=diagonals["diag_ggn_exact"].numpy(),
+            log=True,
             path=out / "diagonal_vs_lanczos.png",
         )
         stages.update()
