@@ -1,0 +1,160 @@
+"""The lanczos-optim command line, run in-process through ``main(argv)``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diagnostics.cli import build_parser, main
+from diagnostics.spectrum import Spectrum, compute_eigenspectrum
+
+COMMON = ["--model", "mlp", "--dataset", "digits", "--subset", "96", "--float64"]
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def spectrum_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "spectrum.npz"
+    argv = ["spectrum", *COMMON, "--steps", "12", "--save-eigvec", "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for cmd in ("train", "spectrum", "stats", "landscape", "diagonal", "plot", "demo"):
+        assert cmd in text
+
+
+def test_spectrum_writes_the_same_spectrum_as_the_library(spectrum_file):
+    saved = Spectrum.load(spectrum_file)
+    assert spectrum_file.with_suffix(".png").is_file()
+    assert saved.ritz_vectors is not None
+    from diagnostics._setup import analysis_setup
+
+    setup = analysis_setup(model="mlp", dataset="digits", subset=96, dtype=torch.float64)
+    direct = compute_eigenspectrum(
+        setup.model, setup.loss_fn, setup.train, lanczos_steps=12, seed=0
+    )
+    np.testing.assert_allclose(saved.ritz_values, direct.ritz_values, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(saved.weights.sum(), 1.0, rtol=1e-12)
+
+
+def test_landscape_stats_diagonal_and_plot(spectrum_file, tmp_path, capsys):
+    land = tmp_path / "land.npz"
+    argv = ["landscape", *COMMON, "--spectrum", str(spectrum_file), "--n-points", "5"]
+    assert main([*argv, "--top", "0", "--bottom", "0", "--out", str(land)]) == 0
+    from diagnostics.landscape import Landscape
+
+    landscape = Landscape.load(land)
+    assert landscape.train_loss.shape == (2, 5)
+    middle = landscape.train_loss[:, 2]
+    assert np.allclose(middle, middle[0])  # t = 0 is the unperturbed model for every direction
+
+    stats = tmp_path / "stats.json"
+    assert main(["stats", *COMMON, "--out", str(stats)]) == 0
+    payload = json.loads(stats.read_text())
+    assert payload["format"] == "lanczos-optim/stats"
+    assert abs(payload["loss_mean"] - landscape.loss0) < 1e-10
+
+    diag = tmp_path / "diag.npz"
+    argv = ["diagonal", *COMMON, "--kinds", "diag_ggn_exact", "--spectrum", str(spectrum_file)]
+    assert main([*argv, "--out", str(diag)]) == 0
+    assert "W1 to Lanczos" in capsys.readouterr().out
+    with np.load(diag, allow_pickle=False) as f:
+        assert f["diag_ggn_exact"].shape == (Spectrum.load(spectrum_file).num_params,)
+
+    for src in (spectrum_file, land, diag):
+        out = tmp_path / f"{src.stem}-plot.png"
+        assert main(["plot", str(src), "--out", str(out)]) == 0
+        assert out.stat().st_size > 1000
+
+
+def test_train_then_analyse_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "mlp", "--dataset", "digits", "--subset", "128", "--epochs", "1"]
+    assert main([*argv, "--wandb", "disabled", "--out", str(out), "--schedule", "constant"]) == 0
+    ckpts = sorted(out.glob("checkpoint-*.pt"))
+    assert len(ckpts) == 1
+    assert (out / "stats.jsonl").is_file()
+    spec = tmp_path / "s.npz"
+    assert (
+        main(
+            [
+                "spectrum",
+                "--checkpoint",
+                str(ckpts[0]),
+                "--subset",
+                "64",
+                "--steps",
+                "5",
+                "--out",
+                str(spec),
+            ]
+        )
+        == 0
+    )
+    assert Spectrum.load(spec).meta["num_params"] == 64 * 64 + 64 + 64 * 10 + 10
+    assert main(["plot", str(out / "stats.jsonl"), "--out", str(tmp_path / "curves.png")]) == 0
+    capsys.readouterr()  # drop the progress bars
+    # A checkpoint of another model: one clear line, no file.
+    bad = tmp_path / "bad.npz"
+    argv = ["spectrum", "--checkpoint", str(ckpts[0]), "--model", "small_cnn", "--out", str(bad)]
+    assert main(argv) == 2
+    _one_line_error(capsys, "checkpoint")
+    assert not bad.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["spectrum", "--curvature", "fisher", "--subset", "32"], ["fisher", "hessian"]),
+        (["spectrum", "--model", "resnet9000", "--subset", "32"], ["resnet9000", "mlp"]),
+        (["spectrum", "--dataset", "imagenet"], ["imagenet", "digits"]),
+        (["spectrum", "--bn-mode", "both", "--subset", "32"], ["both", "eval"]),
+        (["stats", "--dataset", "fashion-mnist", "--data-path", "/nonexistent"], ["nonexistent"]),
+        (["train", "--optimizer", "sgdd", "--epochs", "1", "--subset", "32"], ["sgdd", "sgd"]),
+        (["train", "--schedule", "stepwise", "--epochs", "1", "--subset", "32"], ["stepwise"]),
+        (["landscape", "--spectrum", "/nonexistent.npz"], ["nonexistent.npz"]),
+    ],
+)
+def test_user_mistakes_give_one_line_and_status_2(argv, needles, tmp_path, capsys):
+    out = tmp_path / "result.npz"
+    out.write_bytes(b"keep me")
+    extra = ["--out", str(out)] if argv[0] != "train" else ["--out", str(tmp_path / "t")]
+    assert main([*argv, *extra]) == 2
+    _one_line_error(capsys, *needles)
+    assert out.read_bytes() == b"keep me"
+
+
+def test_plot_refuses_files_of_the_wrong_kind(tmp_path, capsys):
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.arange(3))
+    assert main(["plot", str(foreign)]) == 2
+    _one_line_error(capsys, "not a lanczos-optim result")
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"format": "lanczos-optim/stats"}))
+    assert main(["plot", str(stats)]) == 2
+    _one_line_error(capsys, "stats.json")
+    checkpoint = tmp_path / "c.pt"
+    torch.save({"a": torch.ones(1)}, checkpoint)
+    assert main(["plot", str(checkpoint)]) == 2
+    _one_line_error(capsys)
+    assert main(["plot", str(tmp_path / "missing.npz")]) == 2
+    _one_line_error(capsys, "does not exist")
+    assert not list(tmp_path.glob("*.png"))
