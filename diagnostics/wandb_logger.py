@@ -176,7 +176,8 @@ class WandbLogger(Callback):
             name=name,
             config=config or {},
             mode=self.mode,
-            dir=str(directory) if directory is not None else None,
+            # wandb caches its settings per process; read $WANDB_DIR at each init instead.
+            dir=str(directory) if directory is not None else os.environ.get("WANDB_DIR"),
             reinit="create_new",
         )
 

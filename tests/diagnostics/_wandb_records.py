@@ -38,9 +38,30 @@ def offline_runs(wandb_dir: str | Path) -> list[Path]:
     return sorted(Path(wandb_dir).glob("wandb/offline-run-*/run-*.wandb"))
 
 
-def history(run_file: str | Path) -> list[dict[str, Any]]:
-    """The logged history rows, and the run's config under the key ``"__config__"``."""
+def _kinds(run_file: str | Path) -> list[str]:
     from wandb.proto import wandb_internal_pb2 as pb
+
+    out = []
+    for chunk in _chunks(Path(run_file).read_bytes()):
+        rec = pb.Record()
+        rec.ParseFromString(chunk)
+        out.append(rec.WhichOneof("record_type"))
+    return out
+
+
+def history(run_file: str | Path, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The logged history rows, and the run's config under the key ``"__config__"``.
+
+    W&B's service process may still be writing the file when ``finish()`` returns: wait for the
+    run's ``exit`` record first.
+    """
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + timeout
+    while "exit" not in _kinds(run_file) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
     rows: list[dict[str, Any]] = []
     config: dict[str, Any] = {}
@@ -57,6 +78,8 @@ def history(run_file: str | Path) -> list[dict[str, Any]]:
             )
         elif kind == "config":
             config.update({i.key: json.loads(i.value_json) for i in rec.config.update})
+        elif kind == "run":
+            config.update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
     if config:
         rows.append({"__config__": config})
     return rows

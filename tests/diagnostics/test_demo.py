@@ -1,0 +1,50 @@
+"""The offline demo in quick mode: every promised output exists and is consistent."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diagnostics.demo import run_demo
+from diagnostics.landscape import Landscape
+from diagnostics.spectrum import Spectrum
+
+_spec = importlib.util.spec_from_file_location(
+    "_wandb_records", Path(__file__).with_name("_wandb_records.py")
+)
+records = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(records)
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_everything(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, quick=True, wandb_mode="offline")
+    for name in (
+        "training",
+        "spectrum_hessian",
+        "spectrum_ggn",
+        "diagonal_vs_lanczos",
+        "landscape",
+    ):
+        assert (out / f"{name}.png").stat().st_size > 1000, name
+    hessian = Spectrum.load(out / "spectrum_hessian.npz")
+    ggn = Spectrum.load(out / "spectrum_ggn.npz")
+    assert summary["hessian_lambda_max"] == pytest.approx(hessian.lambda_max)
+    assert ggn.lambda_min > -1e-8  # the GGN of cross-entropy is positive semi-definite
+    assert np.isclose(hessian.weights.sum(), 1.0)
+    landscape = Landscape.load(out / "landscape.npz")
+    assert landscape.num_directions == 4
+    assert landscape.has_test
+    text = (out / "summary.md").read_text()
+    assert "lanczos_newton_train_loss" in text
+    assert "diag_ggn_exact_wasserstein_rel" in text
+    # The diagonal misses the top outlier of the GGN spectrum (paper, sections 6.3 and 7.1).
+    assert summary["diag_ggn_exact_max"] < ggn.lambda_max
+    run = records.offline_runs(out)
+    assert len(run) == 1
+    keys = set().union(*records.history(run[0]))
+    assert {"spectrum_hessian/lambda_max", "landscape/table/_type", "curvature/top_ritz"} <= keys
