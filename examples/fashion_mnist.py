@@ -276,9 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         numbers = {
             "ritz_value": float(landscape.ritz_value[i]),
             "loss_at_0": float(landscape.train_loss[i, mid]),
-            "loss_at_+dist": float(landscape.train_loss[i, -1]),
-            "loss_at_-dist": float(landscape.train_loss[i, 0]),
-            "quadratic_at_+dist": float(landscape.quadratic[i, -1]),
+            "loss_at_plus_dist": float(landscape.train_loss[i, -1]),
+            "loss_at_minus_dist": float(landscape.train_loss[i, 0]),
+            "quadratic_at_plus_dist": float(landscape.quadratic[i, -1]),
             "test_acc_at_0": float(landscape.test_acc[i, mid]),
         }
         _report(f"landscape_{tag}", numbers, summary)
