@@ -6,14 +6,15 @@ import torch
 from torch import Tensor
 
 _CHUNK = 16
+_CHUNK_BYTES = 32 * 2**20
 
 
 class LanczosBasis:
     """Orthonormal Lanczos vectors kept in ``storage_dtype`` on ``storage_device``.
 
     All arithmetic runs on the compute device in the compute dtype. When the storage differs,
-    vectors move over in chunks of 16, so the compute device holds at most 16 of them; when it
-    is the same, one matrix product does each projection.
+    vectors move over in chunks of at most 16 vectors and 32 MiB, so the converted copies add
+    little to the stored basis; when it is the same, one matrix product does each projection.
     """
 
     def __init__(
@@ -32,6 +33,8 @@ class LanczosBasis:
         self.data = torch.empty(capacity, dim, dtype=sdtype, device=sdevice)
         self.size = 0
         self._direct = sdtype == dtype and sdevice == device
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        self._chunk = max(1, min(_CHUNK, _CHUNK_BYTES // max(1, dim * itemsize)))
 
     def append(self, v: Tensor) -> None:
         """Store ``v`` as the next basis vector."""
@@ -43,8 +46,8 @@ class LanczosBasis:
         return self.data[j].to(self.device, self.dtype)
 
     def _chunks(self):
-        for start in range(0, self.size, _CHUNK):
-            stop = min(start + _CHUNK, self.size)
+        for start in range(0, self.size, self._chunk):
+            stop = min(start + self._chunk, self.size)
             yield start, stop, self.data[start:stop].to(self.device, self.dtype)
 
     def project_out(self, w: Tensor, passes: int = 2) -> Tensor:
