@@ -95,7 +95,9 @@ def main() -> None:
             return out
 
         t0 = time.perf_counter()
-        lanczos(timed, 20, dim=num_params, dtype=v.dtype, generator=torch.Generator().manual_seed(0))
+        lanczos(
+            timed, 20, dim=num_params, dtype=v.dtype, generator=torch.Generator().manual_seed(0)
+        )
         total = time.perf_counter() - t0
         return total / calls["t"]
 
