@@ -53,6 +53,8 @@ class KrylovSolveInfo:
         krylov_fraction: :math:`\|U^\top v\|^2 / \|v\|^2`, the share of :math:`v` inside the
             Krylov space (1 when the run starts from :math:`v`).
         v_dot_d: :math:`v^\top d`.
+        d_abs_curvature_d: :math:`d^\top |C| d` measured inside the Krylov space (equal to
+            ``d_curvature_d`` for a positive semi-definite :math:`C`).
         d_curvature_d: :math:`d^\top C d` measured inside the Krylov space,
             :math:`\sum_i \theta_i (f(\theta_i) u_i^\top v)^2`. The curvature of the component
             outside the Krylov space is not measured (counted as zero); it is zero when the run
@@ -74,6 +76,7 @@ class KrylovSolveInfo:
     krylov_fraction: float = 1.0
     v_dot_d: float = 0.0
     d_curvature_d: float = 0.0
+    d_abs_curvature_d: float = 0.0
     product_seconds: float = 0.0
     total_seconds: float = 0.0
     _in_span: bool = field(default=False, repr=False)
@@ -151,6 +154,7 @@ def _solve_in_basis(
         krylov_fraction=min(1.0, float(c64 @ c64) / vnorm2) if vnorm2 > 0 else 1.0,
         v_dot_d=float(fc @ c64) + r2 / damping,
         d_curvature_d=float(ritz_values.double() @ (fc * fc)),
+        d_abs_curvature_d=float(ritz_values.double().abs() @ (fc * fc)),
         _in_span=in_span,
     )
     return d, info

@@ -59,6 +59,9 @@ class StepInfo:
         basis_age: Steps since the eigenbasis was computed (0: computed this step).
         step_norm: Norm of the parameter update.
         step_scale: Factor applied by ``max_step_norm`` (1.0 when the bound was inactive).
+        step_curvature: :math:`\mathrm{lr}^2\, d^\top |C| d` for the (bounded) Newton step,
+            inside the Krylov space: how far the step moves the model's outputs (for the GGN of
+            a cross-entropy loss, about twice the mean KL divergence of the predictions).
         lr: Learning rate used.
         damping: Damping used.
         closure_seconds: Time in the closure (the forward pass).
@@ -83,6 +86,7 @@ class StepInfo:
     basis_age: int = 0
     step_norm: float = 0.0
     step_scale: float = 1.0
+    step_curvature: float = 0.0
     lr: float = math.nan
     damping: float = math.nan
     closure_seconds: float = 0.0
@@ -482,6 +486,7 @@ class _LanczosNewtonBase(Optimizer):
                 norm = bound
             info.step_norm, info.step_scale = norm, scale
             info.predicted_decrease = kinfo.predicted_decrease(lr * scale)
+            info.step_curvature = (lr * scale) ** 2 * kinfo.d_abs_curvature_d
 
             # Commit: nothing above changed the parameters or the state.
             for p, g, u in zip(live, grads, unflatten_vector(update, live), strict=True):

@@ -92,7 +92,13 @@ def test_one_full_krylov_step_matches_dense_closed_form(case: str) -> None:
         d_solve = torch.linalg.solve(c + delta * torch.eye(p, dtype=F64), g)
         torch.testing.assert_close(d, d_solve, rtol=1e-9, atol=1e-12)
     opt = cls(
-        prob.params, lr=lr, damping=delta, lanczos_steps=p, curvature=curvature, weight_decay=wd
+        prob.params,
+        lr=lr,
+        damping=delta,
+        lanczos_steps=p,
+        curvature=curvature,
+        weight_decay=wd,
+        max_step_norm=None,
     )
     opt.step(prob.closure)
     torch.testing.assert_close(prob.flat(), w0 - lr * d, rtol=0, atol=1e-8)
@@ -113,7 +119,9 @@ def test_one_full_krylov_step_matches_dense_closed_form(case: str) -> None:
 def test_momentum_acts_on_the_newton_direction() -> None:
     prob = _Problem(1)
     p, lr, delta, mu = prob.w0.numel(), 0.5, 0.5, 0.7
-    opt = LanczosNewton(prob.params, lr=lr, damping=delta, lanczos_steps=p, momentum=mu)
+    opt = LanczosNewton(
+        prob.params, lr=lr, damping=delta, lanczos_steps=p, momentum=mu, max_step_norm=None
+    )
     w = prob.w0
     buf = None
     for _ in range(3):
@@ -130,7 +138,9 @@ def test_least_squares_ggn_reaches_the_minimiser_in_one_step() -> None:
     x = torch.randn(40, 5, generator=gen, dtype=F64)
     y = torch.randn(40, 2, generator=gen, dtype=F64)
     model = nn.Linear(5, 2).to(F64)
-    opt = LanczosNewton(model.parameters(), lr=1.0, damping=1e-9, lanczos_steps=12)
+    opt = LanczosNewton(
+        model.parameters(), lr=1.0, damping=1e-9, lanczos_steps=12, max_step_norm=None
+    )
 
     def closure():
         outputs = model(x)
@@ -157,7 +167,7 @@ def test_saddle_free_escapes_a_saddle_that_newton_is_attracted_to() -> None:
     assert float(w.abs().max()) < 1e-12
     # The saddle-free variant leaves it for the minimum.
     p = nn.Parameter(start.clone())
-    opt = LanczosSaddleFreeNewton([p], lr=1.0, damping=1e-4, lanczos_steps=2)
+    opt = LanczosSaddleFreeNewton([p], lr=1.0, damping=1e-4, lanczos_steps=2, max_step_norm=None)
     for _ in range(30):
         opt.step(lambda: _saddle(p))
     torch.testing.assert_close(
@@ -219,9 +229,9 @@ def test_logistic_regression_on_digits_beats_sgd() -> None:
         train(lambda ps, lr=lr: torch.optim.SGD(ps, lr=lr, momentum=0.9), False)
         for lr in (0.1, 0.3, 1.0, 3.0)
     )
-    newton = train(lambda ps: LanczosNewton(ps, damping=1e-2, lanczos_steps=5), True)
+    newton = train(lambda ps: LanczosNewton(ps, lr=1.0, damping=1e-2, lanczos_steps=5), True)
     saddle_free = train(
-        lambda ps: LanczosSaddleFreeNewton(ps, damping=1e-2, lanczos_steps=5), True
+        lambda ps: LanczosSaddleFreeNewton(ps, lr=1.0, damping=1e-2, lanczos_steps=5), True
     )
     assert newton < 0.5 * sgd
     assert saddle_free < 0.5 * sgd
