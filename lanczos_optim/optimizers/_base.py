@@ -248,8 +248,8 @@ class _LanczosNewtonBase(Optimizer):
             gen.set_state(saved.detach().to(device="cpu", dtype=torch.uint8))
         elif seed is not None:
             gen.manual_seed(seed)
-        else:  # draw a seed from the global generator: reproducible under torch.manual_seed
-            gen.manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
+        else:  # follow torch.manual_seed without consuming the user's global random stream
+            gen.manual_seed((torch.initial_seed() + 0x5EED) % 2**63)
         return gen
 
     def _protocol_error(self, what: str) -> RuntimeError:

@@ -65,21 +65,29 @@ class LanczosNewton(_LanczosNewtonBase):
     stay unchanged (``p.grad`` too), a ``RuntimeWarning`` is issued and
     ``state["skipped_steps"]`` (on the first parameter) counts it.
 
-    **Defaults** (measured with ``benchmarks/optimizers.py``; mini-batches of 64-128, no
-    tuning). ``curvature="ggn"``: the GGN of a convex loss is positive semi-definite, so no Ritz
-    value needs clipping and the damped step is always a descent direction. ``lr=1`` (the full
-    damped Newton step) with ``damping=1`` -- the paper's working pair -- trained every
-    benchmark problem to a lower loss per iteration than SGD with momentum and Adam;
-    ``damping=0.3`` is often better still but diverged without a bound (as it did in the
-    issue's Fashion-MNIST MLP run), and ``damping=3`` is slower. ``max_step_norm=1``: a
-    trust-region bound on the update's Euclidean norm. It is inactive on most steps (typical
-    updates have norm 0.1-0.5), but it cuts the rare huge step on a mini-batch whose quadratic
-    model is wrong: without it one seed of the digits CNN collapsed to a constant prediction
-    (loss log 10); with it every seed trained. ``max_step_norm=None`` removes the bound (needed
-    for the exact closed forms). ``lanczos_steps=20`` follows the paper's runs (20-30);
-    5 or 10 steps cost proportionally less and did slightly worse per iteration.
-    ``krylov_start="gradient"``: the Krylov space then contains the gradient, so no component
-    gets the blind :math:`1/\delta` step and no random numbers are drawn.
+    **Defaults** (measured with ``benchmarks/optimizers.py``: digits MLP and CNN,
+    Fashion-MNIST CNN and the issue's 784-128-10 MLP, mini-batches of 64-128, several seeds, no
+    tuning; see ``benchmarks/results/optimizers.md``). ``curvature="ggn"``: the GGN of a convex
+    loss is positive semi-definite, so no Ritz value needs clipping and the damped step is
+    always a descent direction. ``lr=1`` (the full damped Newton step) with ``damping=1`` -- the
+    paper's working pair -- reached a lower training loss per iteration than SGD with momentum
+    and Adam on every problem. ``damping=0.3`` diverged without a bound (digits CNN, and the
+    issue's Fashion-MNIST MLP) and ``damping=3`` is slower. ``max_step_norm=1``: a trust-region
+    bound on the update's Euclidean norm. Typical updates have norm 0.1-0.5 and are untouched;
+    the bound cuts the rare huge step on a mini-batch whose quadratic model is wrong: without
+    it one digits-CNN seed collapsed to a constant prediction (loss log 10), with it every
+    seed trained. With the bound, ``damping=0.3`` trained every problem too and reached about
+    half the loss of ``damping=1``; the default keeps ``damping=1`` so that the method stays
+    stable even where the bound is too loose for a model's scale. ``max_step_norm=None``
+    removes the bound (needed for the exact closed forms). ``lanczos_steps=20`` follows the
+    issue and the paper's runs (20-30); on these small problems 10 steps did as well per
+    iteration at half the cost and 5 steps somewhat worse. ``krylov_start="gradient"``: the
+    Krylov space then contains the gradient, so no component gets the blind :math:`1/\delta`
+    step and no random numbers are drawn.
+
+    **Memory.** The Lanczos run keeps ``lanczos_steps`` vectors of size :math:`P`;
+    ``update_every > 1`` also keeps the :math:`P \times m` Ritz vectors in the state (and in
+    ``state_dict()``).
 
     Per step, :attr:`last_info` (a :class:`~lanczos_optim.optimizers.StepInfo`) records the
     Ritz values and weights, residual bounds, the share of :math:`\|g\|^2` inside the Krylov
@@ -104,8 +112,9 @@ class LanczosNewton(_LanczosNewtonBase):
         update_every: Recompute the eigenbasis every this many steps (default 1: every step).
         max_step_norm: Trust-region bound on the update's norm :math:`\|\mathrm{lr}\,b\|`;
             longer updates are scaled down to it (default 1.0; ``None``: no bound).
-        seed: Seed of the generator for ``krylov_start="random"``; ``None`` (default) draws it
-            from torch's global generator at the first random start.
+        seed: Seed of the optimiser's own generator for ``krylov_start="random"``; ``None``
+            (default) derives it from ``torch.initial_seed()``, so ``torch.manual_seed`` fixes
+            the draws without the optimiser consuming the global random stream.
 
     Raises:
         ValueError: On an invalid hyperparameter, several parameter groups, mixed dtypes or

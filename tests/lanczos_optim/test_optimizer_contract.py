@@ -447,7 +447,7 @@ def test_hooks_and_last_info() -> None:
     assert info.num_products == 6
     assert info.ritz_values.shape == info.weights.shape == info.residuals.shape == (6,)
     assert float(info.weights.sum()) == pytest.approx(1.0, abs=1e-9)
-    assert info.krylov_fraction == pytest.approx(1.0, abs=1e-9)
+    assert 0.0 < info.krylov_fraction < 1.0  # the default random start: 6 of 43 dimensions
     assert info.predicted_decrease > 0  # saddle-free directions always descend
     for key in ("closure_seconds", "gradient_seconds", "product_seconds", "bookkeeping_seconds"):
         assert getattr(info, key) >= 0.0

@@ -99,6 +99,7 @@ def test_one_full_krylov_step_matches_dense_closed_form(case: str) -> None:
         curvature=curvature,
         weight_decay=wd,
         max_step_norm=None,
+        krylov_start="gradient",  # the gradient lies in the Krylov space: exact with m = P
     )
     opt.step(prob.closure)
     torch.testing.assert_close(prob.flat(), w0 - lr * d, rtol=0, atol=1e-8)
@@ -167,7 +168,9 @@ def test_saddle_free_escapes_a_saddle_that_newton_is_attracted_to() -> None:
     assert float(w.abs().max()) < 1e-12
     # The saddle-free variant leaves it for the minimum.
     p = nn.Parameter(start.clone())
-    opt = LanczosSaddleFreeNewton([p], lr=1.0, damping=1e-4, lanczos_steps=2, max_step_norm=None)
+    opt = LanczosSaddleFreeNewton(
+        [p], lr=1.0, damping=1e-4, lanczos_steps=2, max_step_norm=None, krylov_start="gradient"
+    )
     for _ in range(30):
         opt.step(lambda: _saddle(p))
     torch.testing.assert_close(
@@ -231,7 +234,10 @@ def test_logistic_regression_on_digits_beats_sgd() -> None:
     )
     newton = train(lambda ps: LanczosNewton(ps, lr=1.0, damping=1e-2, lanczos_steps=5), True)
     saddle_free = train(
-        lambda ps: LanczosSaddleFreeNewton(ps, lr=1.0, damping=1e-2, lanczos_steps=5), True
+        lambda ps: LanczosSaddleFreeNewton(
+            ps, lr=1.0, damping=1e-2, lanczos_steps=5, krylov_start="gradient"
+        ),
+        True,
     )
     assert newton < 0.5 * sgd
     assert saddle_free < 0.5 * sgd
