@@ -119,7 +119,7 @@ def run_demo(
             spectra[curvature].save(out / f"spectrum_{curvature}.npz")
             plot_spectrum(spectra[curvature], path=out / f"spectrum_{curvature}.png")
             s = spectra[curvature].summary()
-            for key in ("lambda_max", "lambda_min", "negative_mass"):
+            for key in ("lambda_max", "lambda_min", "negative_mass", "negative_mass_excl_zero"):
                 summary[f"{curvature}_{key}"] = s[key]
             logger.log_spectrum(spectra[curvature], prefix=f"spectrum_{curvature}")
         stages.update()
