@@ -46,10 +46,11 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
     ``benchmarks/results/optimizers.md``). ``curvature="hessian"``: the absolute value only
     matters for an indefinite matrix (on the positive semi-definite GGN this is LanczosNewton).
     ``lr=0.1`` with ``damping=1`` -- the paper's second working pair -- because the full step
-    is unstable with the mini-batch Hessian: with ``lr=1`` (damping 1, 3 or 10) and, on the
-    Fashion-MNIST CNN, with ``lr`` 0.5, 0.3 or 0.2, the runs drifted into ever sharper regions
-    (the top Ritz value grew from about 1 to :math:`10^3`-:math:`10^4` within a hundred steps)
-    and then diverged, with or without ``max_step_norm``; ``lr=0.1`` trained every problem.
+    is unstable with the mini-batch Hessian: ``lr=1`` with damping 1 or 3 on the digits CNN,
+    and ``lr=1`` with damping 10 or ``lr`` = 0.5, 0.3, 0.2 with damping 1 on the Fashion-MNIST
+    CNN, drifted into ever sharper regions (the top Ritz value grew from about 1 to
+    :math:`10^3`-:math:`10^4` within a hundred steps) and then diverged, with or without
+    ``max_step_norm``; ``lr=0.1`` trained every problem and seed.
     ``krylov_start="random"`` (the paper's choice): a random start finds the extreme --
     including the most negative -- curvature directions, which get the saddle-free step, while
     the part of the gradient outside the Krylov space gets a plain gradient step of
