@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lanczos_optim.lanczos import LanczosResult, _eigh_tridiagonal
+from lanczos_optim.lanczos import LanczosResult
 
 
 def lanczos_many(
@@ -65,20 +65,11 @@ def lanczos_many(
     results = []
     for c in range(k):
         m = steps[c]
-        a, b = alphas[c, :m].clone(), betas[c, : m - 1].clone()
-        theta, s = _eigh_tridiagonal(a, b)
         last = float(betas[c, m - 1])
+        broke = m < num_steps or last <= eps ** (2 / 3) * float(anorm[c])
         results.append(
-            LanczosResult(
-                alpha=a,
-                beta=b,
-                ritz_values=theta,
-                weights=s[0] ** 2,
-                residuals=(last * s[-1]).abs(),
-                num_steps=m,
-                residual_norm=last,
-                eigvecs_T=s,
-                breakdown=m < num_steps or last <= eps ** (2 / 3) * float(anorm[c]),
+            LanczosResult.from_tridiagonal(
+                alphas[c, :m].clone(), betas[c, : m - 1].clone(), last, broke
             )
         )
     return results

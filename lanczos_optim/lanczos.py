@@ -53,6 +53,24 @@ class LanczosResult:
     ritz_vectors: Tensor | None = None
     basis: Tensor | None = None
 
+    @classmethod
+    def from_tridiagonal(
+        cls, alpha: Tensor, beta: Tensor, residual_norm: float, breakdown: bool
+    ) -> LanczosResult:
+        """Solve the float64 tridiagonal eigenproblem and collect the Ritz data."""
+        theta, s = _eigh_tridiagonal(alpha, beta)
+        return cls(
+            alpha=alpha,
+            beta=beta,
+            ritz_values=theta,
+            weights=s[0] ** 2,
+            residuals=(residual_norm * s[-1]).abs(),
+            num_steps=alpha.numel(),
+            residual_norm=residual_norm,
+            eigvecs_T=s,
+            breakdown=breakdown,
+        )
+
     def tridiagonal(self) -> Tensor:
         """Return the dense ``[m, m]`` float64 tridiagonal matrix :math:`T`."""
         return _tridiagonal(self.alpha, self.beta)
@@ -255,22 +273,14 @@ def lanczos(
         v_prev, v = v, w / beta
 
     m = len(alphas)
-    alpha_t = torch.tensor(alphas, dtype=torch.float64)
-    beta_t = torch.tensor(betas[: m - 1], dtype=torch.float64)
-    theta, s = _eigh_tridiagonal(alpha_t, beta_t)
-    res = LanczosResult(
-        alpha=alpha_t,
-        beta=beta_t,
-        ritz_values=theta,
-        weights=s[0] ** 2,
-        residuals=(beta_prev * s[-1]).abs(),
-        num_steps=m,
-        residual_norm=beta_prev,
-        eigvecs_T=s,
-        breakdown=breakdown,
+    res = LanczosResult.from_tridiagonal(
+        torch.tensor(alphas, dtype=torch.float64),
+        torch.tensor(betas[: m - 1], dtype=torch.float64),
+        beta_prev,
+        breakdown,
     )
     if compute_vectors:
-        u = basis.combine(s)
+        u = basis.combine(res.eigvecs_T)
         res.ritz_vectors = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
     if keep_basis:
         res.basis = basis.tensor()
