@@ -64,7 +64,11 @@ def ggn_product(
     params: Sequence[Tensor],
     output_hessian: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[list[Tensor], Product]:
-    r"""Return the gradient of ``loss`` and ``v -> J^T H_l J v`` on the graph of ``outputs``.
+    r"""Return :math:`J^\top \nabla_f \ell` and ``v -> J^T H_l J v`` on the graph of ``outputs``.
+
+    The returned gradient is the part of the loss's gradient that flows through ``outputs``
+    (all of it when the loss depends on the parameters only through the model outputs; a
+    penalty added directly on the parameters is not included).
 
     :math:`J` is the Jacobian of ``outputs`` with respect to ``params``; :math:`H_l` the Hessian
     of ``loss`` with respect to ``outputs`` (by autograd unless ``output_hessian`` is given).
