@@ -76,6 +76,19 @@ def _pixels(figure: Any) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def _effective_curvature(info: Any) -> float:
+    r"""The curvature the step length meets: :math:`\lambda_{\max}` for gradient steps.
+
+    A damped Newton step scales each Ritz direction by :math:`1/(|\theta| + \delta)`, so the
+    stability of ``lr`` is set by :math:`\max_i |\theta_i| / (|\theta_i| + \delta)` instead.
+    """
+    theta = torch.as_tensor(info.ritz_values, dtype=torch.float64).abs()
+    damping = float(getattr(info, "damping", math.nan))
+    if math.isnan(damping):
+        return float(theta.max())
+    return float((theta / (theta + damping)).max())
+
+
 def step_metrics(info: Any) -> dict[str, float]:
     """Scalars of an optimiser's ``last_info`` record (empty for optimisers without one).
 
@@ -211,7 +224,7 @@ class WandbLogger(Callback):
             metrics["train/batch_accuracy"] = step.accuracy
         curv = step_metrics(step.optimizer_info)
         if "curvature/top_ritz" in curv:
-            curv["curvature/eos"] = self._eos(step.lr, curv["curvature/top_ritz"])
+            curv["curvature/eos"] = self._eos(step.lr, _effective_curvature(step.optimizer_info))
         self.log({**metrics, **curv})
 
     def on_epoch_end(

@@ -243,13 +243,13 @@ def lanczos(
         if w.shape != v.shape:
             raise ValueError(f"operator returned shape {tuple(w.shape)}; expected ({op.dim},).")
         w = w.to(op.dtype)
-        alpha = float(torch.dot(v.double(), w.double()))
+        alpha = float(torch.dot(v, w))
         w = w - alpha * v
         if j > 0:
             w = w - beta_prev * v_prev
         if reorthogonalize:
             w = basis.project_out(w)
-        beta = float(torch.linalg.vector_norm(w.double()))
+        beta = float(torch.linalg.vector_norm(w))
         alphas.append(alpha)
         anorm = max(anorm, abs(alpha) + beta + beta_prev)
         if not (math.isfinite(alpha) and math.isfinite(beta)):

@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from diagnostics.training import TrainingStep, train_network
-from diagnostics.wandb_logger import WandbLogger, resolve_wandb_mode, step_metrics
+from diagnostics.wandb_logger import (
+    WandbLogger,
+    _effective_curvature,
+    resolve_wandb_mode,
+    step_metrics,
+)
 from lanczos_optim import LanczosNewton
 
 _spec = importlib.util.spec_from_file_location(
@@ -77,7 +82,9 @@ def test_training_logs_optimizer_curvature_and_spectra(wandb_dir, monkeypatch):
 
     class Spy:
         def on_step(self, step: TrainingStep) -> None:
-            seen.append(step_metrics(step.optimizer_info) | {"step": step.step, "lr": step.lr})
+            info = step.optimizer_info
+            eff = _effective_curvature(info)
+            seen.append(step_metrics(info) | {"step": step.step, "lr": step.lr, "eff": eff})
 
     logger = WandbLogger(
         name="test",
@@ -107,7 +114,10 @@ def test_training_logs_optimizer_curvature_and_spectra(wandb_dir, monkeypatch):
     for spy in seen:
         row = steps[spy["step"]]
         assert row["curvature/top_ritz"] == pytest.approx(spy["curvature/top_ritz"], rel=1e-12)
-        assert row["curvature/eos"] == pytest.approx(spy["lr"] * spy["curvature/top_ritz"])
+        # A damped Newton step meets the curvature max |theta| / (|theta| + damping), not theta.
+        theta = max(spy["curvature/top_ritz"], -spy["curvature/bottom_ritz"])
+        assert spy["eff"] == pytest.approx(theta / (theta + spy["optim/damping"]))
+        assert row["curvature/eos"] == pytest.approx(spy["lr"] * spy["eff"])
         assert row["optim/products"] == 5
         assert 0 <= row["curvature/krylov_fraction"] <= 1 + 1e-9
     epoch = next(r for r in rows if "spectrum/lambda_max" in r)
@@ -129,10 +139,9 @@ def test_edge_of_stability_warns_once(wandb_dir):
     from lanczos_optim.optimizers._base import StepInfo
 
     def step(n: int, top: float) -> TrainingStep:
-        info = StepInfo(
+        info = StepInfo(  # no damping: a plain gradient step, whose scale is lambda_max
             ritz_values=torch.tensor([0.1, top], dtype=torch.float64),
             weights=torch.tensor([0.5, 0.5], dtype=torch.float64),
-            damping=1.0,
         )
         return TrainingStep(1, n, n, 1.0, math.nan, 0.5, 4, info, model, opt)
 
