@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -143,6 +144,23 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
     seed = hp["seed"]
     if seed is not None and (not _is_int(seed) or seed < 0):
         raise ValueError(f"Invalid seed: {seed!r} (must be None or an int >= 0)")
+
+
+def _world_size() -> int:
+    """Number of ``torch.distributed`` ranks (1 when not initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _mean_over_ranks(flat: Tensor) -> Tensor:
+    """All-reduce a flat tensor to its mean over ranks (identity in one process)."""
+    world = _world_size()
+    if world == 1:
+        return flat
+    flat = flat.clone()
+    dist.all_reduce(flat)
+    return flat / world
 
 
 def _graph_leaves(root: Any, stop: Any = None) -> tuple[set[int], bool]:
@@ -349,9 +367,11 @@ class _LanczosNewtonBase(Optimizer):
         loss, outputs = self._parse(ret, group["curvature"])
         self._check_no_backward(candidates, before)
         state = self._global_state()
+        world = _world_size()
+        loss_value = float(_mean_over_ranks(loss.detach().reshape(1)))
         info = StepInfo(
             step=state["step"],
-            loss=float(loss.detach()),
+            loss=loss_value,
             lr=lr,
             damping=damping,
             closure_seconds=t_closure - t_start,
@@ -419,6 +439,8 @@ class _LanczosNewtonBase(Optimizer):
         t_grad = time.perf_counter()
         info.gradient_seconds = t_grad - t_closure
 
+        if world > 1:  # data-parallel: the mean gradient and curvature over all ranks' batches
+            grads = unflatten_vector(_mean_over_ranks(flatten_tensors(grads)), live)
         with torch.no_grad():
             flat_g = flatten_tensors(grads)
             if wd != 0.0:
@@ -434,11 +456,16 @@ class _LanczosNewtonBase(Optimizer):
 
                 def matvec(v: Tensor) -> Tensor:
                     with torch.enable_grad():
-                        out = flatten_tensors(product(unflatten_vector(v, live)))
+                        out = _mean_over_ranks(flatten_tensors(product(unflatten_vector(v, live))))
                     return out + wd * v if wd != 0.0 else out
 
                 random = group["krylov_start"] == "random"
                 gen = self._generator(state, group["seed"]) if random else None
+                start: str | Tensor | None = "random" if random else None
+                if random and world > 1:  # every rank starts from rank 0's random vector
+                    start = torch.randn(flat_g.numel(), generator=gen, dtype=flat_g.dtype)
+                    start = start.to(flat_g.device)
+                    dist.broadcast(start, src=0)
                 try:
                     d, kinfo = krylov_solve(
                         matvec,
@@ -446,7 +473,7 @@ class _LanczosNewtonBase(Optimizer):
                         int(group["lanczos_steps"]),
                         damping,
                         self._transform,
-                        v0="random" if random else None,
+                        v0=start,
                         generator=gen,
                         return_info=True,
                     )

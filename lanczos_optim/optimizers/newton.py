@@ -56,6 +56,12 @@ class LanczosNewton(_LanczosNewtonBase):
     flag is touched. The curvature uses the statistics of that forward (batch statistics in
     train mode).
 
+    **Many processes.** When ``torch.distributed`` is initialised, each rank runs the closure on
+    its own shard of the batch and the optimiser averages the gradient and every curvature
+    product over ranks (random Krylov starts come from rank 0), so all ranks take the same step
+    as one process on the whole batch (equal shard sizes). Give it the plain module's
+    parameters: it does its own reduction, so a ``DistributedDataParallel`` wrapper is not needed.
+
     **Cost.** A step costs one forward, one gradient backward (with ``create_graph``) and
     ``lanczos_steps`` curvature products (about 2 backward passes each), plus
     :math:`O(P m^2)` orthogonalisation; ``update_every = N`` reuses the last eigenbasis for
