@@ -76,7 +76,7 @@ def main() -> None:
 
     def ggn_reverse_over_reverse() -> None:  # the alternative: Jv by the double-backward trick
         vs = unflatten_vector(v, params)
-        for x, y in data:
+        for x, _ in data:
             out = model(x)
             u = torch.zeros_like(out, requires_grad=True)
             jt_u = torch.autograd.grad(out, params, grad_outputs=u, create_graph=True)
