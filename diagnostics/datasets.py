@@ -59,7 +59,7 @@ def _read_idx(path: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values.")
-    return data.reshape(dims)
+    return data.reshape(dims).copy()  # frombuffer is read-only
 
 
 def _find_idx(root: Path, stem: str) -> Path | None:
