@@ -192,6 +192,9 @@ class _LanczosNewtonBase(Optimizer):
     """Shared base of :class:`LanczosNewton` and :class:`LanczosSaddleFreeNewton`."""
 
     _transform: ClassVar[str] = "newton"
+    #: The closure returns the loss (with its graph) and the optimiser differentiates it itself;
+    #: training loops (e.g. ``diagnostics.train_step``) read this to pick the step protocol.
+    differentiates_closure: ClassVar[bool] = True
 
     def __init__(
         self,
