@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from diagnostics.checkpoint import load_checkpoint, read_checkpoint
-from diagnostics.datasets import dataset_info, load_dataset
+from diagnostics.datasets import dataset_info, load_dataset, subset_indices
 from diagnostics.models import build_model
 
 __all__ = ["AnalysisSetup", "analysis_setup", "batches"]
@@ -89,13 +89,12 @@ def analysis_setup(
     net = net.to(dtype)
     splits = []
     for train in (True, False):
-        data = load_dataset(dataset, train=train, root=data_path, seed=seed)
-        if subset is not None:
-            n = len(data)
-            data = load_dataset(
-                dataset, train=train, root=data_path, seed=seed, subset=min(subset, n)
-            )
-        x, y = data.tensors
+        x, y = load_dataset(dataset, train=train, root=data_path, seed=seed).tensors
+        if subset is not None:  # at most ``subset`` samples of each split
+            if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
+                raise ValueError(f"subset must be an int >= 1; got {subset!r}.")
+            keep = torch.from_numpy(subset_indices(len(y), min(subset, len(y)), seed))
+            x, y = x[keep], y[keep]
         splits.append(batches(torch.utils.data.TensorDataset(x.to(dtype), y), batch_size))
     info = {
         "model": model,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["DATASETS", "FASHION_MNIST_DIRS", "dataset_info", "load_dataset"]
+__all__ = ["DATASETS", "FASHION_MNIST_DIRS", "dataset_info", "load_dataset", "subset_indices"]
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
@@ -132,6 +132,16 @@ def _synthetic(train: bool, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def subset_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """The seeded random subset that ``load_dataset(..., subset=size, seed=seed)`` keeps.
+
+    Example:
+        >>> subset_indices(5, 2, 0).shape
+        (2,)
+    """
+    return np.random.default_rng(seed).permutation(n)[:size]
+
+
 def load_dataset(
     name: str,
     *,
@@ -184,7 +194,7 @@ def load_dataset(
     if subset is not None:
         if isinstance(subset, bool) or not isinstance(subset, int) or not 1 <= subset <= len(y):
             raise ValueError(f"subset must be an int in [1, {len(y)}]; got {subset!r}.")
-        keep = np.random.default_rng(seed).permutation(len(y))[:subset]
+        keep = subset_indices(len(y), subset, seed)
         x, y = x[keep], y[keep]
     return TensorDataset(
         torch.from_numpy(np.ascontiguousarray(x)), torch.as_tensor(y, dtype=torch.long)
