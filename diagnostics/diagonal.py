@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
 from lanczos_optim.operators import GGNOperator, HessianOperator
-from lanczos_optim.operators._base import LossFn, check_data
+from lanczos_optim.operators._base import LossFn, check_data, iterate_batches
 
 __all__ = ["KINDS", "UnsupportedModelError", "diagonal_approximations", "hutchinson_diagonal"]
 
@@ -142,15 +142,6 @@ def _prepare(model: nn.Module) -> tuple[nn.Module, dict[int, nn.Parameter], list
     return converted, mapping, ops
 
 
-def _batches(data: Iterable, like: Tensor) -> Iterator[tuple[Tensor, Tensor, int]]:
-    for x, y in data:
-        x = x.to(like.device, like.dtype) if x.is_floating_point() else x.to(like.device)
-        if isinstance(y, Tensor):
-            y = y.to(like.device, like.dtype) if y.is_floating_point() else y.to(like.device)
-        if x.shape[0]:
-            yield x, y, int(x.shape[0])
-
-
 def _backpack_culprit(exc: BaseException, net: nn.Module, loss_fn: object) -> str | None:
     """``"name (Type)"`` of the module BackPACK was working on when it raised, else None."""
     names = {id(m): n or "<root>" for n, m in net.named_modules()}
@@ -187,7 +178,7 @@ def _backpack_diagonal(
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         if seed is not None:
             torch.manual_seed(seed)
-        for x, y, n in _batches(data, params[0]):
+        for x, y, n in iterate_batches(data, params[0].device, params[0].dtype):
             with backpack(ext):
                 loss_fn(net(x), y).backward()
             parts = [getattr(p, field, torch.zeros_like(p)).reshape(-1) for p in params]

@@ -15,7 +15,7 @@ weighted Welford update, never by subtracting raw second moments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +25,7 @@ from lanczos_optim._graph_products import check_scalar_loss, ggn_product, hessia
 from lanczos_optim._loss_hessian import output_hessian_product
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
-from lanczos_optim.operators._base import LossFn, check_data, select_params
+from lanczos_optim.operators._base import LossFn, check_data, iterate_batches, select_params
 
 __all__ = ["LossStatistics", "loss_statistics"]
 
@@ -113,19 +113,6 @@ class LossStatistics:
             for name, value in getattr(self, f"weight_{kind}").items():
                 out[f"weight_{kind}/{name}"] = value
         return out
-
-
-def _batches(data: Iterable, dtype: torch.dtype, device: torch.device) -> Iterator[tuple]:
-    for i, batch in enumerate(data):
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise TypeError(f"Each batch must be an (inputs, targets) pair; batch {i} is not.")
-        x, y = batch
-        x = x.to(device, dtype) if x.is_floating_point() else x.to(device)
-        if isinstance(y, Tensor):
-            y = y.to(device, dtype) if y.is_floating_point() else y.to(device)
-        n = int(x.shape[0]) if x.ndim else 1
-        if n:
-            yield x, y, n
 
 
 def _curvature_products(
@@ -228,7 +215,7 @@ def loss_statistics(
     curv_m = {c: [_WeightedMoments() for _ in range(num_probes)] for c in curvature}
     num_batches = 0
     with torch.enable_grad(), curvature_mode(model, bn_mode):
-        for x, y, n in _batches(data, dtype, device):
+        for x, y, n in iterate_batches(data, device, dtype):
             loss, grad, prods = _curvature_products(
                 model, loss_fn, x, y, chosen, probe_lists, curvature
             )

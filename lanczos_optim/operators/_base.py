@@ -44,6 +44,34 @@ def check_data(data: object) -> Sequence[Batch] | Iterable[Batch]:
     return data  # type: ignore[return-value]
 
 
+def iterate_batches(
+    data: Iterable[object], device: torch.device, dtype: torch.dtype
+) -> Iterator[tuple[Tensor, Tensor, int]]:
+    """Yield ``(inputs, targets, batch size)`` on ``device``, floating tensors cast to ``dtype``.
+
+    Empty batches are skipped.
+
+    Raises:
+        TypeError: If a batch is not an ``(inputs, targets)`` pair of tensors.
+    """
+    for i, batch in enumerate(data):
+        if not _is_batch(batch):
+            raise TypeError(
+                f"Each batch must be an (inputs, targets) pair of tensors; batch {i} is "
+                f"{type(batch).__name__}."
+            )
+        x, y = batch
+        x = x.to(device, non_blocking=True)
+        if x.is_floating_point():
+            x = x.to(dtype)
+        y = y.to(device, non_blocking=True) if isinstance(y, Tensor) else y
+        if isinstance(y, Tensor) and y.is_floating_point():
+            y = y.to(dtype)
+        n = int(x.shape[0]) if x.ndim else 1
+        if n:
+            yield x, y, n
+
+
 def select_params(
     model: nn.Module, params: Iterable[Tensor] | None
 ) -> tuple[list[Tensor], list[str]]:
@@ -128,22 +156,7 @@ class CurvatureOperator:
         )
 
     def _batches(self) -> Iterator[tuple[Tensor, Tensor, int]]:
-        for i, batch in enumerate(self.data):
-            if not _is_batch(batch):
-                raise TypeError(
-                    f"Each batch must be an (inputs, targets) pair of tensors; batch {i} is "
-                    f"{type(batch).__name__}."
-                )
-            x, y = batch
-            x = x.to(self.device, non_blocking=True)
-            if x.is_floating_point():
-                x = x.to(self.dtype)
-            y = y.to(self.device, non_blocking=True) if isinstance(y, Tensor) else y
-            if isinstance(y, Tensor) and y.is_floating_point():
-                y = y.to(self.dtype)
-            n = int(x.shape[0]) if x.ndim else 1
-            if n:
-                yield x, y, n
+        return iterate_batches(self.data, self.device, self.dtype)
 
     def _batch_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         outputs = self.model(x)
