@@ -41,39 +41,10 @@ OptFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 # ----------------------------------------------------------------------------- data and models
 def _load(name: str, train: bool, subset: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        from diagnostics.datasets import load_dataset
+    from diagnostics.datasets import load_dataset
 
-        ds = load_dataset(name, train=train, subset=subset, seed=0)
-        x, y = ds.tensors
-        return x.float(), y.long()
-    except ImportError:  # fall back to reading the data directly
-        pass
-    import numpy as np
-
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x = bunch.images.astype(np.float32) / 16.0
-        y = bunch.target
-        order = np.random.default_rng(0).permutation(len(y))
-        cut = int(0.8 * len(y))
-        idx = order[:cut] if train else order[cut:]
-        x, y = x[idx], y[idx]
-    else:
-        import gzip
-
-        prefix = "train" if train else "t10k"
-        folder = Path("/usr/share/datasets/fashion-mnist")
-        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz") as f:
-            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28) / 255.0
-        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz") as f:
-            y = np.frombuffer(f.read(), np.uint8, offset=8)
-    if subset is not None:
-        keep = np.random.default_rng(0).permutation(len(y))[:subset]
-        x, y = x[keep], y[keep]
-    return torch.tensor(x, dtype=torch.float32)[:, None], torch.tensor(y, dtype=torch.long)
+    x, y = load_dataset(name, train=train, subset=subset, seed=0).tensors
+    return x.float(), y.long()
 
 
 def _mlp(side: int) -> nn.Module:
