@@ -28,6 +28,8 @@ def curvature_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
     ``"train"``: the model in eval mode (dropout off) except BatchNorm layers, which use batch
     statistics. In both cases every buffer (running statistics, ``num_batches_tracked``) and every
     module's ``training`` flag is exactly as before when the block exits, also on an exception.
+    Buffers whose values did not change are not written back, so they keep their autograd
+    version counters and graphs that saved them (BatchNorm in eval mode) stay usable.
     """
     check_bn_mode(bn_mode)
     flags = [(m, m.training) for m in model.modules()]
@@ -42,6 +44,9 @@ def curvature_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
     finally:
         with torch.no_grad():
             for b, saved in buffers:
-                b.copy_(saved)
+                # Compare values: BatchNorm updates running statistics without bumping their
+                # version counters. Untouched buffers keep theirs.
+                if not torch.equal(b, saved):
+                    b.copy_(saved)
         for m, flag in flags:
             m.training = flag

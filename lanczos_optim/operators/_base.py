@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from lanczos_optim._graph_products import check_scalar_loss
+from lanczos_optim._graph_products import Product, check_scalar_loss
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
+from lanczos_optim.operators._graph_cache import CachedBatches, GraphCache
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -104,7 +107,13 @@ class CurvatureOperator:
     so a short last batch is weighted correctly. Under ``torch.distributed`` the batch sums and
     sample counts are all-reduced over ranks, each rank holding a shard of the data.
 
-    Subclasses implement only :meth:`_batch_products`.
+    With ``cache_graphs``, each batch's autograd graph is built once and every later product is
+    a backward pass through it (about 1.5-1.7 gradient passes instead of 2.3-2.6 for the Hessian
+    on the benchmark CNN); the graphs stay in memory while the operator lives or until
+    :meth:`clear_cache`, and are rebuilt automatically when a parameter or buffer of the model (or
+    a tensor of a list of batches) changes.
+
+    Subclasses implement :meth:`_build_product` and :meth:`_batch_products`.
 
     Args:
         model: The network.
@@ -115,6 +124,9 @@ class CurvatureOperator:
         bn_mode: ``"eval"`` (BatchNorm uses running statistics) or ``"train"`` (batch
             statistics). Buffers and train/eval flags are restored exactly after every product.
         distributed: Reduce over ranks; default: when ``torch.distributed`` is initialised.
+        cache_graphs: Keep each batch's graph between products. Default (``None``): when
+            ``data`` is one batch, whose graph a product holds anyway. ``True`` for several
+            batches costs the memory of all their graphs at once; the data are then read once.
     """
 
     def __init__(
@@ -126,6 +138,7 @@ class CurvatureOperator:
         params: Iterable[Tensor] | None = None,
         bn_mode: str = "eval",
         distributed: bool | None = None,
+        cache_graphs: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -137,6 +150,10 @@ class CurvatureOperator:
         self.loss_fn = loss_fn
         self.bn_mode = check_bn_mode(bn_mode)
         self.data = check_data(data)
+        if cache_graphs is not None and not isinstance(cache_graphs, bool):
+            raise TypeError(f"cache_graphs must be True, False or None; got {cache_graphs!r}.")
+        self.cache_graphs = _is_batch(data) if cache_graphs is None else cache_graphs
+        self._cache = GraphCache()
         self.params, self.param_names = select_params(model, params)
         self.distributed = distributed
         self._sum_reduction = getattr(loss_fn, "reduction", "mean") == "sum"
@@ -152,20 +169,44 @@ class CurvatureOperator:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(P={self.shape[0]}, dtype={self.dtype}, "
-            f"device={self.device}, bn_mode={self.bn_mode!r})"
+            f"device={self.device}, bn_mode={self.bn_mode!r}, cache_graphs={self.cache_graphs})"
         )
 
     def _batches(self) -> Iterator[tuple[Tensor, Tensor, int]]:
         return iterate_batches(self.data, self.device, self.dtype)
 
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.bn_mode == "train":
+            # Batch statistics would update the running ones in place, and BatchNorm's backward
+            # reads those: run on copies so that the model is untouched and a kept graph valid.
+            buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+            return functional_call(self.model, buffers, (x,))
+        return self.model(x)
+
     def _batch_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        outputs = self.model(x)
+        outputs = self._forward(x)
         return check_scalar_loss(self.loss_fn(outputs, y)), outputs
 
     def _batch_products(
         self, x: Tensor, y: Tensor, columns: list[list[Tensor]]
     ) -> list[list[Tensor]]:
+        """Products of the batch's curvature with ``columns``, building the batch's graph."""
         raise NotImplementedError
+
+    def _build_product(self, x: Tensor, y: Tensor) -> Product:
+        """Build the batch's graph and return ``v -> C_b v`` on it (used by the cache)."""
+        raise NotImplementedError
+
+    def clear_cache(self) -> None:
+        """Free the cached graphs (the next product rebuilds them when ``cache_graphs``)."""
+        self._cache.clear()
+
+    def _cached_batches(self) -> CachedBatches:
+        def build() -> CachedBatches:
+            with torch.enable_grad(), curvature_mode(self.model, self.bn_mode):
+                return [(self._build_product(x, y), n) for x, y, n in self._batches()]
+
+        return self._cache.get(self.model, self.data, build)
 
     def _is_distributed(self) -> bool:
         if self.distributed is None:
@@ -190,20 +231,35 @@ class CurvatureOperator:
         return flat[:-1].view_as(acc), round(float(flat[-1]))
 
     def _accumulate(
-        self, per_batch: Callable[[Tensor, Tensor], Tensor], width: int, rows: int | None = None
+        self,
+        terms: Callable[[], Generator[tuple[Tensor, int]]],
+        width: int,
+        rows: int | None = None,
     ) -> Tensor:
+        """Weighted sum of the per-batch ``[rows, width]`` terms ``(value, batch size)``."""
         rows = self.shape[0] if rows is None else rows
         acc = torch.zeros(rows, width, dtype=self.dtype, device=self.device)
         count = 0
-        with torch.enable_grad(), curvature_mode(self.model, self.bn_mode):
-            for x, y, n in self._batches():
-                acc += per_batch(x, y) * (1.0 if self._sum_reduction else float(n))
+        # closing(): the generator's own clean-up (restoring the model) runs now, also on errors.
+        with torch.enable_grad(), closing(terms()) as values:
+            for value, n in values:
+                acc += value * (1.0 if self._sum_reduction else float(n))
                 count += n
         acc, count = self._reduce(acc, count)
         if count == 0:
             raise ValueError("data is empty: it yielded no samples.")
         self.num_samples = count
         return acc if self._sum_reduction else acc / count
+
+    def _over_batches(
+        self, per_batch: Callable[[Tensor, Tensor], Tensor]
+    ) -> Callable[[], Generator[tuple[Tensor, int]]]:
+        def terms() -> Generator[tuple[Tensor, int]]:
+            with curvature_mode(self.model, self.bn_mode):
+                for x, y, n in self._batches():
+                    yield per_batch(x, y), n
+
+        return terms
 
     def matmat(self, matrix: Tensor) -> Tensor:
         """Multiply the operator onto the columns of a ``[P, K]`` matrix."""
@@ -214,11 +270,19 @@ class CurvatureOperator:
         matrix = matrix.to(self.device, self.dtype)
         columns = [unflatten_vector(matrix[:, k], self.params) for k in range(matrix.shape[1])]
 
-        def per_batch(x: Tensor, y: Tensor) -> Tensor:
-            prods = self._batch_products(x, y, columns)
+        def stack(prods: list[list[Tensor]]) -> Tensor:
             return torch.stack([flatten_tensors(p) for p in prods], dim=1)
 
-        result = self._accumulate(per_batch, matrix.shape[1])
+        if self.cache_graphs:
+            batches = self._cached_batches()
+
+            def terms() -> Generator[tuple[Tensor, int]]:
+                for product, n in batches:
+                    yield stack([product(col) for col in columns]), n
+
+        else:
+            terms = self._over_batches(lambda x, y: stack(self._batch_products(x, y, columns)))
+        result = self._accumulate(terms, matrix.shape[1])
         self.num_products += matrix.shape[1]
         return result
 
@@ -246,5 +310,5 @@ class CurvatureOperator:
             )
             return torch.cat([flat, loss.detach().reshape(1).to(flat)])[:, None]
 
-        acc = self._accumulate(per_batch, 1, rows=self.shape[0] + 1)[:, 0]
+        acc = self._accumulate(self._over_batches(per_batch), 1, rows=self.shape[0] + 1)[:, 0]
         return float(acc[-1]), acc[:-1]

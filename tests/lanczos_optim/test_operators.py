@@ -136,19 +136,27 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+@pytest.fixture(params=[False, True], ids=["rebuild", "cached"])
+def cache(request: pytest.FixtureRequest) -> bool:
+    """Both product paths: a graph per call, and graphs kept between calls."""
+    return request.param
+
+
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
-def test_products_match_dense_over_ragged_batches(model_case, loss_name):
+def test_products_match_dense_over_ragged_batches(model_case, loss_name, cache):
     _, model, x, y = model_case
     loss_fn, t = _loss_and_targets(loss_name, y)
     batches = [(x[:4], t[:4]), (x[4:9], t[4:9]), (x[9:], t[9:])]  # ragged: 4, 5, 1
     hess, ggn = _dense(model, loss_fn, batches, "eval")
     v = torch.randn(hess.shape[0], 3, dtype=torch.float64)
-    h_op = HessianOperator(model, loss_fn, batches)
-    g_op = GGNOperator(model, loss_fn, batches)
-    assert _rel(h_op @ v, hess @ v) < 1e-10
-    assert _rel(g_op @ v, ggn @ v) < 1e-10
-    assert _rel(h_op @ v[:, 0], hess @ v[:, 0]) < 1e-10
+    h_op = HessianOperator(model, loss_fn, batches, cache_graphs=cache)
+    g_op = GGNOperator(model, loss_fn, batches, cache_graphs=cache)
+    for _ in range(2):  # the second round reuses the kept graphs
+        assert _rel(h_op @ v, hess @ v) < 1e-10
+        assert _rel(g_op @ v, ggn @ v) < 1e-10
+        assert _rel(h_op @ v[:, 0], hess @ v[:, 0]) < 1e-10
     assert h_op.num_samples == 10
+    assert h_op.num_products == 8
 
 
 @pytest.mark.parametrize("curvature", [HessianOperator, GGNOperator])
@@ -162,7 +170,7 @@ def test_several_batches_equal_concatenated_batch(model_case, curvature):
 
 
 @pytest.mark.parametrize("bn_mode", ["eval", "train"])
-def test_batchnorm_policy_and_buffers_untouched(bn_mode):
+def test_batchnorm_policy_and_buffers_untouched(bn_mode, cache):
     torch.manual_seed(1)
     model, x = _cnn_bn()
     model = model.double().train()
@@ -173,8 +181,10 @@ def test_batchnorm_policy_and_buffers_untouched(bn_mode):
     before = _snapshot(model)
     hess, ggn = _dense(model, loss_fn, [(x, y)], bn_mode)
     v = torch.randn(hess.shape[0], dtype=torch.float64)
-    assert _rel(HessianOperator(model, loss_fn, (x, y), bn_mode=bn_mode) @ v, hess @ v) < 1e-10
-    assert _rel(GGNOperator(model, loss_fn, (x, y), bn_mode=bn_mode) @ v, ggn @ v) < 1e-10
+    for curvature, dense in ((HessianOperator, hess), (GGNOperator, ggn)):
+        op = curvature(model, loss_fn, (x, y), bn_mode=bn_mode, cache_graphs=cache)
+        assert _rel(op @ v, dense @ v) < 1e-10
+        assert _rel(op @ v, dense @ v) < 1e-10
     after = _snapshot(model)
     assert all(torch.equal(a, b) for a, b in zip(before[0], after[0], strict=True))
     assert before[1] == after[1]
@@ -190,13 +200,13 @@ def test_train_and_eval_bn_modes_differ():
     assert _rel(a, b) > 1e-3
 
 
-def test_frozen_and_unused_parameters():
+def test_frozen_and_unused_parameters(cache):
     torch.manual_seed(3)
     model = _WithUnused().double()
     x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
     model.used.bias.requires_grad_(False)
-    h_op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y))
-    g_op = GGNOperator(model, nn.CrossEntropyLoss(), (x, y))
+    h_op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), cache_graphs=cache)
+    g_op = GGNOperator(model, nn.CrossEntropyLoss(), (x, y), cache_graphs=cache)
     assert h_op.shape == (15 + 18, 15 + 18)  # used.weight + unused.{weight,bias}
     v = torch.randn(33, dtype=torch.float64)
     for op in (h_op, g_op):
@@ -250,6 +260,11 @@ def _error_cases():
             "re-iterable",
         ),
         "not a module": (dict(model="net", loss_fn=ce, data=(x, y)), TypeError, "got str"),
+        "bad cache_graphs": (
+            dict(model=model, loss_fn=ce, data=(x, y), cache_graphs="yes"),
+            TypeError,
+            "cache_graphs must be True, False or None; got 'yes'",
+        ),
         "foreign param": (
             dict(model=model, loss_fn=ce, data=(x, y), params=[nn.Parameter(torch.ones(2))]),
             ValueError,

@@ -1,0 +1,161 @@
+"""Graphs kept between products: built once, and rebuilt whenever the model or data change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lanczos_optim import GGNOperator, HessianOperator, lanczos
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def _batch(seed: int = 1) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(12, 4, generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (12,), generator=g
+    )
+
+
+def _count_forwards(model: nn.Module) -> list[int]:
+    calls = [0]
+    model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def _fresh(op: HessianOperator | GGNOperator, v: Tensor) -> Tensor:
+    """The product from scratch: a new operator without a cache."""
+    again = type(op)(op.model, op.loss_fn, op.data, bn_mode=op.bn_mode, cache_graphs=False)
+    return again @ v
+
+
+@pytest.fixture(params=[HessianOperator, GGNOperator], ids=["hessian", "ggn"])
+def curvature(request: pytest.FixtureRequest) -> type:
+    return request.param
+
+
+@pytest.fixture(params=["eval", "train"])
+def bn_mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_default_caches_a_single_batch_only(curvature):
+    model, (x, y) = _model(), _batch()
+    loss_fn = nn.CrossEntropyLoss()
+    assert curvature(model, loss_fn, (x, y)).cache_graphs is True
+    assert curvature(model, loss_fn, [(x, y)]).cache_graphs is False
+    assert curvature(model, loss_fn, [(x, y)], cache_graphs=True).cache_graphs is True
+
+
+def test_one_forward_per_batch_however_many_products(curvature, bn_mode):
+    model, (x, y) = _model(), _batch()
+    calls = _count_forwards(model)
+    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    op = curvature(model, nn.CrossEntropyLoss(), batches, bn_mode=bn_mode, cache_graphs=True)
+    v = torch.randn(op.shape[0], 3, dtype=torch.float64)
+    results = [op @ v for _ in range(3)]
+    assert calls[0] == 2
+    assert torch.allclose(results[0], results[2], rtol=0, atol=1e-14)
+    assert torch.allclose(results[0], _fresh(op, v), rtol=1e-12, atol=1e-14)
+    before = calls[0]
+    op.clear_cache()
+    op @ v
+    assert calls[0] == before + 2  # a rebuild after clear_cache
+
+
+def _optimizer_step(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    nn.CrossEntropyLoss()(model(x), y).backward()
+    opt.step()
+
+
+def _data_write(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    for p in model.parameters():
+        p.data.add_(0.1)  # bypasses autograd's version counters
+
+
+def _running_stats(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    model.train()
+    with torch.no_grad():
+        model(x * 3 + 1)  # BatchNorm updates its running statistics, versions unchanged
+    model.eval()
+
+
+def _load_state(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    other = _model()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5)
+    model.load_state_dict(other.state_dict())
+
+
+def _input_write(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    x.mul_(2.0)
+
+
+CHANGES: dict[str, Callable[[nn.Module, Tensor, Tensor], None]] = {
+    "optimizer step": _optimizer_step,
+    "write through .data": _data_write,
+    "BatchNorm running statistics": _running_stats,
+    "load_state_dict": _load_state,
+    "in-place write to the data": _input_write,
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_stale_graphs_are_rebuilt(curvature, change):
+    model, (x, y) = _model(), _batch()
+    op = curvature(model, nn.CrossEntropyLoss(), (x, y))
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    before = op @ v
+    CHANGES[change](model, x, y)
+    after = op @ v
+    truth = _fresh(op, v)
+    assert float((before - truth).norm() / truth.norm()) > 1e-4  # the change matters
+    assert torch.allclose(after, truth, rtol=1e-12, atol=1e-14)
+
+
+def test_unchanged_model_keeps_the_graph_across_other_operators(curvature, bn_mode):
+    model, (x, y) = _model(), _batch()
+    calls = _count_forwards(model)
+    op = curvature(model, nn.CrossEntropyLoss(), (x, y), bn_mode=bn_mode)
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    first = op @ v
+    buffers = [b.clone() for b in model.buffers()]
+    other = HessianOperator(model, nn.CrossEntropyLoss(), [(x, y)], bn_mode=bn_mode)
+    other @ v  # runs the model in curvature mode and restores it
+    assert calls[0] == 2
+    assert torch.equal(op @ v, first)
+    assert calls[0] == 2  # no rebuild: restoring unchanged buffers does not touch them
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
+
+
+def test_lanczos_with_cache_matches_without(curvature, bn_mode):
+    model, (x, y) = _model(), _batch()
+    spectra = []
+    for cache in (False, True):
+        op = curvature(model, nn.CrossEntropyLoss(), (x, y), bn_mode=bn_mode, cache_graphs=cache)
+        res = lanczos(op, 12, generator=torch.Generator().manual_seed(3))
+        spectra.append(res.ritz_values)
+    assert torch.allclose(spectra[0], spectra[1], rtol=1e-10, atol=1e-12)
+
+
+def test_failed_build_leaves_no_cache_and_model_intact(curvature):
+    model, (x, y) = _model(), _batch()
+    snapshot = [t.clone() for t in (*model.parameters(), *model.buffers())]
+    op = curvature(model, nn.CrossEntropyLoss(reduction="none"), (x, y))
+    with pytest.raises(ValueError, match="scalar"):
+        op @ torch.randn(op.shape[0], dtype=torch.float64)
+    assert op._cache.entries is None
+    after = (*model.parameters(), *model.buffers())
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, after, strict=True))
