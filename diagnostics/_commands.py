@@ -118,6 +118,7 @@ def run_spectrum(args: argparse.Namespace) -> None:
         bn_mode=args.bn_mode,
         save_eigvec=args.save_eigvec,
         seed=args.seed,
+        cache_graphs=args.cache_graphs or None,
     )
     spectrum.save(args.out)
     plot_spectrum(spectrum, path=_png_beside(args.out))

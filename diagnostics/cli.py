@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", type=int, default=1, help="random probes (default 1)")
     p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
     p.add_argument("--save-eigvec", action="store_true", help="keep Ritz vectors (landscape)")
+    p.add_argument(
+        "--cache-graphs",
+        action="store_true",
+        help="keep every batch's graph between Lanczos steps (faster; memory of all batches)",
+    )
     p.add_argument("--out", default="results/spectrum.npz")
 
     p = sub.add_parser("stats", help="loss, gradient and curvature variance statistics")

@@ -215,6 +215,7 @@ def compute_eigenspectrum(
     seed: int | None = None,
     params: Iterable[Tensor] | None = None,
     tol: float | None = None,
+    cache_graphs: bool | None = None,
 ) -> Spectrum:
     r"""Estimate the spectrum of the Hessian or GGN of a model's loss by Lanczos quadrature.
 
@@ -239,6 +240,9 @@ def compute_eigenspectrum(
         params: Parameters to differentiate (default: all with ``requires_grad``).
         tol: Optional relative residual tolerance to stop a probe early on its extreme Ritz
             values.
+        cache_graphs: Keep every batch's autograd graph across the Lanczos steps so that a
+            product is one backward pass (see :class:`~lanczos_optim.HessianOperator`); costs
+            the memory of all the batches' graphs. Default: only when ``data`` is one batch.
 
     Returns:
         A :class:`Spectrum`.
@@ -264,7 +268,7 @@ def compute_eigenspectrum(
     probes = _check_int("num_probes", num_probes, 1)
     seed_value = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
     cls = HessianOperator if curvature == "hessian" else GGNOperator
-    op = cls(model, loss_fn, data, params=params, bn_mode=bn_mode)
+    op = cls(model, loss_fn, data, params=params, bn_mode=bn_mode, cache_graphs=cache_graphs)
     dim = op.shape[0]
     if steps > dim:
         raise ValueError(
@@ -278,6 +282,7 @@ def compute_eigenspectrum(
         vectors = save_eigvec and j == 0
         results.append(lanczos(op, steps, v0=v0, tol=tol, compute_vectors=vectors))
     wall = time.perf_counter() - start
+    op.clear_cache()
     meta = {
         "curvature": curvature,
         "bn_mode": bn_mode,

@@ -55,6 +55,15 @@ def test_spectrum_writes_the_same_spectrum_as_the_library(spectrum_file):
     np.testing.assert_allclose(saved.weights.sum(), 1.0, rtol=1e-12)
 
 
+def test_spectrum_with_cached_graphs_is_the_same_spectrum(spectrum_file, tmp_path):
+    out = tmp_path / "cached.npz"
+    argv = ["spectrum", *COMMON, "--steps", "12", "--cache-graphs", "--out", str(out)]
+    assert main(argv) == 0
+    cached, plain = Spectrum.load(out), Spectrum.load(spectrum_file)
+    np.testing.assert_allclose(cached.ritz_values, plain.ritz_values, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cached.weights, plain.weights, rtol=1e-8, atol=1e-12)
+
+
 def test_landscape_stats_diagonal_and_plot(spectrum_file, tmp_path, capsys):
     land = tmp_path / "land.npz"
     argv = ["landscape", *COMMON, "--spectrum", str(spectrum_file), "--n-points", "5"]

@@ -107,9 +107,12 @@ def _state(model: nn.Module) -> list[torch.Tensor]:
     return [t.detach().clone() for t in [*model.parameters(), *model.buffers()]]
 
 
+@pytest.mark.parametrize("cache_graphs", [None, True], ids=["default", "cached"])
 @pytest.mark.parametrize("curvature", ["hessian", "ggn"])
 @pytest.mark.parametrize("bn_mode", ["eval", "train"])
-def test_full_steps_equal_dense_eigenvalues(case, curvature: str, bn_mode: str) -> None:
+def test_full_steps_equal_dense_eigenvalues(
+    case, curvature: str, bn_mode: str, cache_graphs: bool | None
+) -> None:
     model, loss_fn, data = case
     before = _state(model)
     flags = [m.training for m in model.modules()]
@@ -120,7 +123,14 @@ def test_full_steps_equal_dense_eigenvalues(case, curvature: str, bn_mode: str) 
     distinct = _distinct(exact, 1e-9 * scale)
     assert distinct.size >= p // 2  # repeats: zeros of the softmax shift, BN, GGN rank
     spec = compute_eigenspectrum(
-        model, loss_fn, data, curvature=curvature, lanczos_steps=p, bn_mode=bn_mode, seed=3
+        model,
+        loss_fn,
+        data,
+        curvature=curvature,
+        lanczos_steps=p,
+        bn_mode=bn_mode,
+        seed=3,
+        cache_graphs=cache_graphs,
     )
     # Krylov dimension: one Ritz value per distinct eigenvalue (a rank-deficient GGN may add a
     # few more inside its round-off-level null space); as sets, both must match.
