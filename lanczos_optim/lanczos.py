@@ -5,16 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
+from lanczos_optim._convergence import STOP_ON, ResidualTest
 from lanczos_optim._linear_operator import as_matvec
 
 __all__ = ["LanczosResult", "lanczos"]
-
-_STOP_ON = ("extremes", "largest", "smallest", "all")
 
 
 @dataclass
@@ -86,30 +84,6 @@ def _tridiagonal(alpha: Tensor, beta: Tensor) -> Tensor:
 
 def _eigh_tridiagonal(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
     return torch.linalg.eigh(_tridiagonal(alpha, beta))
-
-
-def _converged(
-    alphas: list[float], betas: list[float], beta: float, tol: float, stop_on: str
-) -> bool:
-    r"""Whether the watched Ritz values of the current ``T`` have residual bounds within ``tol``.
-
-    The residual of Ritz pair :math:`(\theta_i, V s_i)` is :math:`|\beta_m s_{m,i}|`. Solved with
-    NumPy on the small float64 ``T``: this runs every step, and NumPy's call overhead is a
-    fraction of torch's on matrices this small.
-    """
-    t = np.diag(alphas)
-    if betas:
-        t += np.diag(betas, 1) + np.diag(betas, -1)
-    theta, s = np.linalg.eigh(t)
-    res = np.abs(beta * s[-1])
-    ok = res <= tol * max(float(np.abs(theta).max()), np.finfo(np.float64).tiny)
-    if stop_on == "largest":
-        return bool(ok[-1])
-    if stop_on == "smallest":
-        return bool(ok[0])
-    if stop_on == "extremes":
-        return bool(ok[0] and ok[-1])
-    return bool(ok.all())
 
 
 def check_num_steps(num_steps: object, dim: int) -> int:
@@ -229,8 +203,8 @@ def lanczos(
     check_num_steps(num_steps, op.dim)
     if tol is not None and not tol > 0:
         raise ValueError(f"tol must be positive or None; got {tol}.")
-    if stop_on not in _STOP_ON:
-        raise ValueError(f"stop_on must be one of {_STOP_ON}; got {stop_on!r}.")
+    if stop_on not in STOP_ON:
+        raise ValueError(f"stop_on must be one of {STOP_ON}; got {stop_on!r}.")
 
     v = _start_vector(v0, op.dim, op.dtype, op.device, generator)
     if op.sync is not None:  # a distributed operator: every rank starts from rank 0's vector
@@ -245,6 +219,7 @@ def lanczos(
     )
     alphas: list[float] = []
     betas: list[float] = []
+    check = None if tol is None else ResidualTest(tol, stop_on, capacity=min(num_steps, 64))
     eps = torch.finfo(op.dtype).eps
     anorm = 0.0
     breakdown = False
@@ -273,9 +248,11 @@ def lanczos(
             breakdown = True
             beta_prev = beta
             break
-        if tol is not None and j >= 1 and _converged(alphas, betas, beta, tol, stop_on):
-            beta_prev = beta
-            break
+        if check is not None:
+            check.push(alpha, beta_prev)
+            if j >= 1 and check.converged(beta):
+                beta_prev = beta
+                break
         if j < num_steps - 1:
             betas.append(beta)
         beta_prev = beta

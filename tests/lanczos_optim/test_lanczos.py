@@ -328,6 +328,20 @@ def test_tol_stops_early_at_the_requested_accuracy(outlier_operator, stop_on, to
     torch.testing.assert_close(res.alpha, full.alpha[: res.num_steps], rtol=0, atol=1e-12)
 
 
+def test_tol_all_past_the_first_buffer_of_the_stopping_test():
+    """``stop_on="all"``, 80 spread eigenvalues and a tight cluster: past the 64-step buffer."""
+    gen = torch.Generator().manual_seed(11)
+    spread = torch.linspace(1.0, 3.0, 80, dtype=F64) ** 3
+    lam = torch.cat([spread, 1e-9 * torch.rand(220, generator=gen, dtype=F64)])
+    a, v0 = _rotated(lam, gen), torch.randn(300, generator=gen, dtype=F64)
+    res = lanczos(a, 300, v0=v0, tol=1e-6, stop_on="all")
+    assert 64 < res.num_steps < 100
+    scale = float(res.ritz_values.abs().max())
+    assert float(res.residuals.max()) <= 1e-6 * scale
+    shorter = lanczos(a, res.num_steps - 1, v0=v0)
+    assert float(shorter.residuals.max()) > 1e-6 * float(shorter.ritz_values.abs().max())
+
+
 def test_looser_tol_takes_fewer_steps(outlier_operator):
     a, _, v0 = outlier_operator
     steps = [lanczos(a, 60, v0=v0, tol=t, stop_on="largest").num_steps for t in (1e-3, 1e-7, 1e-11)]
