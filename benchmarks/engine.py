@@ -9,8 +9,8 @@ Seeded CNN (two conv, two linear layers, ~137k parameters), 1,024 samples of 3x3
 * a 20-step Lanczos run / its 20 products (bookkeeping overhead), and per product / one
   gradient pass, with the graphs rebuilt per product and kept (building them included).
 
-Run: ``python benchmarks/engine.py [--repeats 7]``. Timings are medians of interleaved repeats;
-only the ratios are meaningful on a shared machine.
+Run: ``python benchmarks/engine.py [--repeats 7] [--threads 1]``. Timings are medians of
+interleaved repeats; only the ratios are meaningful on a shared machine.
 """
 
 from __future__ import annotations
@@ -47,11 +47,61 @@ def build() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
     return model, [(x[i : i + 256], y[i : i + 256]) for i in range(0, 1024, 256)]
 
 
+def kept_graph_mib(op: HessianOperator | GGNOperator, v: torch.Tensor) -> float:
+    """MiB of the tensors that ``op``'s kept graphs save for backward (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in op.params}
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            sizes[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    op.clear_cache()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        op.matvec(v)
+    return sum(sizes.values()) / 2**20
+
+
+def batched_backward_ratio(model: nn.Module, data, loss_fn, k: int = 8, repeats: int = 3) -> float:
+    """Per-column time of a vmapped backward (``is_grads_batched``) over a loop of backwards.
+
+    Both multiply ``k`` columns by one batch's Hessian on the same kept ``create_graph`` graph.
+    """
+    params = list(model.parameters())
+    x, y = data[0]
+    grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+    cols = [unflatten_vector(c, params) for c in torch.randn(k, sum(p.numel() for p in params))]
+    stacked = [torch.stack([c[i] for c in cols]) for i in range(len(params))]
+
+    def loop() -> None:
+        for c in cols:
+            torch.autograd.grad(grads, params, grad_outputs=c, retain_graph=True)
+
+    def vmapped() -> None:
+        torch.autograd.grad(
+            grads, params, grad_outputs=stacked, retain_graph=True, is_grads_batched=True
+        )
+
+    times: dict[str, list[float]] = {"loop": [], "vmapped": []}
+    for fn in (loop, vmapped):  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in (("loop", loop), ("vmapped", vmapped)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return statistics.median(times["vmapped"]) / statistics.median(times["loop"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default="benchmarks/results/engine.md")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # one thread: steadier ratios on a shared machine
 
     model, data = build()
     loss_fn = nn.CrossEntropyLoss()
@@ -89,8 +139,15 @@ def main() -> None:
             hjv = (p * jv - p * (p * jv).sum(1, keepdim=True)) / len(x)
             flatten_tensors(torch.autograd.grad(out, params, grad_outputs=hjv))
 
+    def timed_gradient_pass() -> float:
+        t0 = time.perf_counter()
+        gradient_pass()
+        return time.perf_counter() - t0
+
     def lanczos_run(op) -> tuple[float, float]:
+        """(total / time in products, total / 20 gradient passes timed around the run)."""
         op.clear_cache()  # a kept graph is built inside the run, as a user's run would
+        before = timed_gradient_pass()
         calls = {"t": 0.0}
 
         def timed(vec: torch.Tensor) -> torch.Tensor:
@@ -104,7 +161,8 @@ def main() -> None:
             timed, 20, dim=num_params, dtype=v.dtype, generator=torch.Generator().manual_seed(0)
         )
         total = time.perf_counter() - t0
-        return total / calls["t"], total
+        grad_pass = 0.5 * (before + timed_gradient_pass())
+        return total / calls["t"], total / (20 * grad_pass)
 
     cases = {
         "gradient pass": gradient_pass,
@@ -139,7 +197,7 @@ def main() -> None:
 
     lines = [
         f"CNN with {num_params:,} parameters, {n_total} samples in batches of 256, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
         f"median of {args.repeats} interleaved repeats.",
         "",
         "| full-data operation | seconds | x gradient pass |",
@@ -151,14 +209,26 @@ def main() -> None:
     lines += [
         "",
         "| 20-step Lanczos (full reorthogonalisation) | total / time in its 20 products "
-        "| total / 20 gradient passes |",
+        "| total / 20 gradient passes (timed before and after the run) |",
         "|---|---|---|",
     ]
     for name, (ratio, total) in overhead.items():
         lines.append(
-            f"| {name} | {ratio:.3f} (bookkeeping {100 * (ratio - 1):.1f} %) "
-            f"| {total / (20 * base):.2f} |"
+            f"| {name} | {ratio:.3f} (bookkeeping {100 * (ratio - 1):.1f} %) | {total:.2f} |"
         )
+    lines += [
+        "",
+        "Memory held by the kept graphs (tensors saved for backward, parameters excluded): "
+        + ", ".join(
+            f"{name} {kept_graph_mib(op, v):.0f} MiB"
+            for name, op in (("Hessian", hess_kept), ("GGN", ggn_kept))
+        )
+        + f" for these {n_total} samples.",
+        "",
+        "Batched columns: 8 Hessian columns on one kept graph by a vmapped backward "
+        "(`is_grads_batched=True`) take "
+        f"{batched_backward_ratio(model, data, loss_fn):.2f}x the time of a loop of backwards.",
+    ]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)

@@ -947,7 +947,14 @@ def main() -> None:
             "eigen": eigen,
             "bookkeeping": [
                 Row("", "", extra=eigen[0].extra, short="top-eigenvalue run"),
+                Row("", "", extra=eigen[1].extra, short="top-eigenvalue run (graphs kept)"),
                 Row("", "", extra=density[0].extra.split("|")[-1], short="20-step density"),
+                Row(
+                    "",
+                    "",
+                    extra=density[1].extra.split("|")[-1],
+                    short="20-step density (graphs kept)",
+                ),
                 *books,
             ],
         }
