@@ -108,7 +108,7 @@ class CurvatureOperator:
     sample counts are all-reduced over ranks, each rank holding a shard of the data.
 
     With ``cache_graphs``, each batch's autograd graph is built once and every later product is
-    a backward pass through it (about 1.5-1.7 gradient passes instead of 2.3-2.6 for the Hessian
+    a backward pass through it (about 1.3-1.7 gradient passes instead of 2.3-2.7 for the Hessian
     on the benchmark CNN); the graphs stay in memory while the operator lives or until
     :meth:`clear_cache`, and are rebuilt automatically when a parameter or buffer of the model (or
     a tensor of a list of batches) changes.
