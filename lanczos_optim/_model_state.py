@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 BN_MODES = ("eval", "train")
 
@@ -18,6 +18,23 @@ def check_bn_mode(bn_mode: object) -> str:
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}.")
     return bn_mode  # type: ignore[return-value]
+
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Bitwise equality (NaN equals itself, -0.0 differs from 0.0); False when not comparable."""
+    if a.layout != torch.strided or b.layout != torch.strided:
+        return False  # e.g. a sparse buffer: always written back
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_complex():
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
+    if a.is_floating_point():
+        as_int = _INT_OF_SIZE[a.element_size()]
+        a, b = a.contiguous().view(as_int), b.contiguous().view(as_int)
+    return torch.equal(a, b)
 
 
 @contextmanager
@@ -42,11 +59,13 @@ def curvature_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
                     m.train()
         yield
     finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                # Compare values: BatchNorm updates running statistics without bumping their
-                # version counters. Untouched buffers keep theirs.
-                if not torch.equal(b, saved):
-                    b.copy_(saved)
-        for m, flag in flags:
-            m.training = flag
+        try:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    # Compare bits: BatchNorm updates running statistics without bumping their
+                    # version counters. Untouched buffers keep theirs.
+                    if not _same_bits(b, saved):
+                        b.copy_(saved)
+        finally:
+            for m, flag in flags:
+                m.training = flag

@@ -201,7 +201,7 @@ class CurvatureOperator:
         """Free the cached graphs (the next product rebuilds them when ``cache_graphs``)."""
         self._cache.clear()
 
-    def _cached_batches(self) -> CachedBatches:
+    def _cached_batches(self) -> CachedBatches | None:
         def build() -> CachedBatches:
             with torch.enable_grad(), curvature_mode(self.model, self.bn_mode):
                 return [(self._build_product(x, y), n) for x, y, n in self._batches()]
@@ -273,8 +273,9 @@ class CurvatureOperator:
         def stack(prods: list[list[Tensor]]) -> Tensor:
             return torch.stack([flatten_tensors(p) for p in prods], dim=1)
 
-        if self.cache_graphs:
-            batches = self._cached_batches()
+        # None when caching is off or unsafe (sparse or inference tensors): rebuild per call.
+        batches = self._cached_batches() if self.cache_graphs else None
+        if batches is not None:
 
             def terms() -> Generator[tuple[Tensor, int]]:
                 for product, n in batches:

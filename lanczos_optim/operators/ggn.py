@@ -30,7 +30,9 @@ class GGNOperator(CurvatureOperator):
     buffers are cloned inside the functional call so that batch-statistics mode works with
     ``torch.func`` and never mutates the model. With ``cache_graphs`` (default for a single
     batch) the forward graph is kept and :math:`J v` comes from the double-backward trick on it
-    (1.4-1.6 gradient passes; much cheaper than ``torch.func`` on small models).
+    (1.4-1.6 gradient passes; much cheaper than ``torch.func`` on small models). Models with an
+    operation that has no forward-mode derivative (e.g. ``torch.sparse.mm``) use that trick
+    throughout.
 
     Args:
         model: The network.
@@ -52,7 +54,22 @@ class GGNOperator(CurvatureOperator):
         True
     """
 
+    #: Set once an operation of the model had no forward-mode AD (e.g. sparse matmul): the
+    #: products then use the reverse-over-reverse trick, which needs only backward formulas.
+    _reverse_only = False
+
     def _batch_products(
+        self, x: Tensor, y: Tensor, columns: list[list[Tensor]]
+    ) -> list[list[Tensor]]:
+        if not self._reverse_only:
+            try:
+                return self._jvp_products(x, y, columns)
+            except NotImplementedError:  # forward-mode AD missing for an operation
+                self._reverse_only = True
+        product = self._build_product(x, y)
+        return [product(col) for col in columns]
+
+    def _jvp_products(
         self, x: Tensor, y: Tensor, columns: list[list[Tensor]]
     ) -> list[list[Tensor]]:
         names = self.param_names

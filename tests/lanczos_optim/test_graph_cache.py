@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -103,12 +104,23 @@ def _input_write(model: nn.Module, x: Tensor, y: Tensor) -> None:
     x.mul_(2.0)
 
 
+def _input_data_write(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    x.data.mul_(2.0)  # no version bump on x
+
+
+def _row_permutation(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    w = model[0].weight
+    w.data.copy_(w.data[torch.tensor([5, 4, 3, 2, 1, 0])])  # keeps every plain sum
+
+
 CHANGES: dict[str, Callable[[nn.Module, Tensor, Tensor], None]] = {
     "optimizer step": _optimizer_step,
     "write through .data": _data_write,
     "BatchNorm running statistics": _running_stats,
     "load_state_dict": _load_state,
     "in-place write to the data": _input_write,
+    "write to the data through .data": _input_data_write,
+    "row permutation through .data": _row_permutation,
 }
 
 
@@ -159,3 +171,87 @@ def test_failed_build_leaves_no_cache_and_model_intact(curvature):
     assert op._cache.entries is None
     after = (*model.parameters(), *model.buffers())
     assert all(torch.equal(a, b) for a, b in zip(snapshot, after, strict=True))
+
+
+def test_numpy_array_refilled_behind_the_inputs(curvature):
+    model, (x, y) = _model(), _batch()
+    array = x.numpy().copy()
+    op = curvature(model, nn.CrossEntropyLoss(), (torch.from_numpy(array), y))
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    before = op @ v
+    array[:] = 3 * array + 1  # the tensor sees it, its version counter does not
+    truth = _fresh(op, v)
+    assert float((before - truth).norm() / truth.norm()) > 1e-4
+    assert torch.allclose(op @ v, truth, rtol=1e-12, atol=1e-14)
+
+
+def test_replaced_batch_of_a_list_is_seen(curvature):
+    """float32 data for a float64 model: the graph holds cast copies, not the listed tensors."""
+    model, (x, y) = _model(), _batch()
+    data = [(x[:6].float(), y[:6]), (x[6:].float(), y[6:])]
+    op = curvature(model, nn.CrossEntropyLoss(), data, cache_graphs=True)
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    for seed in range(5):  # freed and reallocated storage must not pass for the old batch
+        op @ v
+        data[0] = None
+        data[0] = (torch.randn(6, 4, generator=torch.Generator().manual_seed(seed)), y[:6])
+        assert torch.allclose(op @ v, _fresh(op, v), rtol=1e-12, atol=1e-14)
+
+
+class _Graph(nn.Module):
+    """A graph network whose adjacency is a (sparse or dense) buffer."""
+
+    def __init__(self, adjacency: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("adj", adjacency)
+        self.inp, self.out = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.inp(x))
+        return self.out(torch.sparse.mm(self.adj, h) if self.adj.is_sparse else self.adj @ h)
+
+
+@pytest.mark.parametrize("cache", [None, False])
+def test_sparse_buffer_falls_back_to_rebuilt_graphs(curvature, cache):
+    """No cache on a model it cannot fingerprint; the GGN then avoids forward-mode AD too."""
+    torch.manual_seed(4)
+    adjacency = ((torch.rand(12, 12) < 0.3).double() + torch.eye(12)).double()
+    dense = _Graph(adjacency).double()
+    sparse = _Graph(adjacency.to_sparse()).double()
+    sparse.load_state_dict(
+        {k: v for k, v in dense.state_dict().items() if k != "adj"}, strict=False
+    )
+    sparse.train()
+    x, y = _batch()
+    op = curvature(sparse, nn.CrossEntropyLoss(), (x, y), cache_graphs=cache)
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    truth = curvature(dense, nn.CrossEntropyLoss(), (x, y), cache_graphs=False) @ v
+    assert torch.allclose(op @ v, truth, rtol=1e-12, atol=1e-14)
+    assert op._cache.entries is None
+    assert sparse.training
+    assert sparse.adj.is_sparse
+
+
+def test_inference_tensors_fall_back_to_rebuilt_graphs(curvature):
+    model, (x, y) = _model(), _batch()
+    with torch.inference_mode():
+        xi = x.float().clone()  # cast to the model's float64 on the way in
+    op = curvature(model, nn.CrossEntropyLoss(), (xi, y))
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    assert torch.allclose(op @ v, _fresh(op, v), rtol=1e-12, atol=1e-14)
+    assert op._cache.entries is None
+
+
+def test_nan_and_complex_buffers_keep_the_cache(curvature):
+    model, (x, y) = _model(), _batch()
+    model.register_buffer("placeholder", torch.full((3,), float("nan")))
+    model.register_buffer("phase", torch.ones(2, dtype=torch.complex128))
+    calls = _count_forwards(model)
+    op = curvature(model, nn.CrossEntropyLoss(), (x, y))
+    v = torch.randn(op.shape[0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "casting complex values discards the imaginary part"
+        results = [op @ v for _ in range(4)]
+    assert calls[0] == 1
+    assert torch.equal(results[0], results[-1])
+    assert torch.isnan(model.placeholder).all()
