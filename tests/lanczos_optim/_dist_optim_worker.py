@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from lanczos_optim import LanczosNewton, LanczosSaddleFreeNewton
@@ -33,27 +29,20 @@ def train(model, cls, x, y, steps: int = 4) -> np.ndarray:
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy()
 
 
-def main() -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
+def _compute(rank: int) -> dict[str, np.ndarray]:
     torch.manual_seed(100 + rank)  # ranks' global RNGs differ: the optimiser must not care
     out = {}
     for name, cls in (("newton", LanczosNewton), ("saddle_free", LanczosSaddleFreeNewton)):
         model, x, y = problem()
         shard = slice(0, 8) if rank == 0 else slice(8, 16)  # equal shards: mean of means
         out[name] = train(model, cls, x[shard], y[shard])
-    gathered = [None, None]
-    dist.all_gather_object(gathered, {k: v.tolist() for k, v in out.items()})
-    if rank == 0:
-        np.savez(sys.argv[1], **out, **{f"{k}_rank1": np.array(v) for k, v in gathered[1].items()})
-    dist.barrier()
-    dist.destroy_process_group()
-    # torch 2.14's gloo/store threads sometimes abort the interpreter's shutdown ("terminate
-    # called without an active exception", about 1 run in 10) after all the work is done and
-    # written; skip the C++ static destructors.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return out
+
+
+def main() -> None:
+    from _dist_common import run_on_ranks  # beside this script, on sys.path under torchrun
+
+    run_on_ranks(_compute, lambda other: {f"{k}_rank1": v for k, v in other.items()})
 
 
 if __name__ == "__main__":

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from lanczos_optim import GGNOperator, HessianOperator, lanczos, spectral_density
@@ -43,25 +39,17 @@ def spectra(model, data) -> dict[str, np.ndarray]:
     return out
 
 
-def main() -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
+def _compute(rank: int) -> dict[str, np.ndarray]:
     model, x, y = problem()
     torch.manual_seed(100 + rank)  # different global RNG per rank: the start vector must not care
     shard = slice(0, 13) if rank == 0 else slice(13, 20)  # ragged shards, ragged batches
-    result = spectra(model, batches(x[shard], y[shard]))
-    gathered = [None, None]
-    dist.all_gather_object(gathered, {k: v.tolist() for k, v in result.items()})
-    if rank == 0:
-        np.savez(sys.argv[1], **result, other_rank_hessian=np.array(gathered[1]["hessian_ritz"]))
-    dist.barrier()
-    dist.destroy_process_group()
-    # torch 2.14's gloo/store threads sometimes abort the interpreter's shutdown ("terminate
-    # called without an active exception", about 1 run in 10) after all the work is done and
-    # written; skip the C++ static destructors.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return spectra(model, batches(x[shard], y[shard]))
+
+
+def main() -> None:
+    from _dist_common import run_on_ranks  # beside this script, on sys.path under torchrun
+
+    run_on_ranks(_compute, lambda other: {"other_rank_hessian": other["hessian_ritz"]})
 
 
 if __name__ == "__main__":
