@@ -113,7 +113,8 @@ class CurvatureOperator:
     :meth:`clear_cache`, and are rebuilt automatically when a parameter or buffer of the model (or
     a tensor of a list of batches) changes.
 
-    Subclasses implement :meth:`_build_product` and :meth:`_batch_products`.
+    Subclasses implement :meth:`_build_product`, and may override :meth:`_batch_products` with
+    a faster way to multiply a batch's curvature when its graph is not kept.
 
     Args:
         model: The network.
@@ -175,13 +176,14 @@ class CurvatureOperator:
     def _batches(self) -> Iterator[tuple[Tensor, Tensor, int]]:
         return iterate_batches(self.data, self.device, self.dtype)
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """The model's outputs, with ``params`` (by name) in place of its own if given."""
+        state = dict(params or {})
         if self.bn_mode == "train":
             # Batch statistics would update the running ones in place, and BatchNorm's backward
             # reads those: run on copies so that the model is untouched and a kept graph valid.
-            buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-            return functional_call(self.model, buffers, (x,))
-        return self.model(x)
+            state.update({n: b.clone() for n, b in self.model.named_buffers()})
+        return functional_call(self.model, state, (x,)) if state else self.model(x)
 
     def _batch_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         outputs = self._forward(x)
@@ -191,7 +193,8 @@ class CurvatureOperator:
         self, x: Tensor, y: Tensor, columns: list[list[Tensor]]
     ) -> list[list[Tensor]]:
         """Products of the batch's curvature with ``columns``, building the batch's graph."""
-        raise NotImplementedError
+        product = self._build_product(x, y)
+        return [product(col) for col in columns]
 
     def _build_product(self, x: Tensor, y: Tensor) -> Product:
         """Build the batch's graph and return ``v -> C_b v`` on it (used by the cache)."""

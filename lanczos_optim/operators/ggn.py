@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 from torch.autograd import grad
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
 from lanczos_optim._graph_products import Product, check_scalar_loss, ggn_product
 from lanczos_optim._loss_hessian import output_hessian_product
@@ -66,20 +66,15 @@ class GGNOperator(CurvatureOperator):
                 return self._jvp_products(x, y, columns)
             except NotImplementedError:  # forward-mode AD missing for an operation
                 self._reverse_only = True
-        product = self._build_product(x, y)
-        return [product(col) for col in columns]
+        return super()._batch_products(x, y, columns)
 
     def _jvp_products(
         self, x: Tensor, y: Tensor, columns: list[list[Tensor]]
     ) -> list[list[Tensor]]:
         names = self.param_names
-        clone_buffers = self.bn_mode == "train"
 
         def f(*ps: Tensor) -> Tensor:
-            state = dict(zip(names, ps, strict=True))
-            if clone_buffers:
-                state.update({n: b.clone() for n, b in self.model.named_buffers()})
-            return functional_call(self.model, state, (x,))
+            return self._forward(x, dict(zip(names, ps, strict=True)))
 
         primals = tuple(self.params)
         results, h_out = [], None

@@ -44,12 +44,6 @@ class HessianOperator(CurvatureOperator):
         True
     """
 
-    def _batch_products(
-        self, x: Tensor, y: Tensor, columns: list[list[Tensor]]
-    ) -> list[list[Tensor]]:
-        product = self._build_product(x, y)
-        return [product(col) for col in columns]
-
     def _build_product(self, x: Tensor, y: Tensor) -> Product:
         loss, _ = self._batch_loss(x, y)
         return hessian_product(loss, self.params)[1]
