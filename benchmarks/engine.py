@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _report import write_report  # benchmarks/_report.py (this script's folder)
 from torch import nn
 from torch.func import functional_call, jvp
 
@@ -229,11 +229,7 @@ def main() -> None:
         "(`is_grads_batched=True`) take "
         f"{batched_backward_ratio(model, data, loss_fn):.2f}x the time of a loop of backwards.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from pathlib import Path
 
 import torch
+from _report import write_report  # benchmarks/_report.py (this script's folder)
 from torch import nn
 
 from diagnostics.models import VGG16
@@ -134,11 +134,7 @@ def main() -> None:
                 f"{PAPER[curvature]} | {PAPER[curvature] / sec:.1f}x |"
             )
             print(lines[-1], flush=True)
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
+
+from _report import write_report  # benchmarks/_report.py (this script's folder)
 
 _CHILD = r"""
 import json, resource, sys, torch
@@ -83,11 +84,7 @@ def main() -> None:
             print(lines[-1], flush=True)
     self_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines += ["", f"(largest child process peak RSS: {self_peak:.0f} MiB)"]
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
