@@ -33,22 +33,12 @@ def require_fashion_mnist(subset: int, train: bool = True):
         pytest.skip(message)
 
 
-@pytest.fixture
-def one_thread():
-    """A small CNN on 2 shared cores: extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float(nn.functional.cross_entropy(model.eval()(x), y))
 
 
 @pytest.mark.data
-@pytest.mark.usefixtures("one_thread")
 def test_train_and_spectrum_on_fashion_mnist() -> None:
     train = require_fashion_mnist(SAMPLES)
     test = require_fashion_mnist(256, train=False)

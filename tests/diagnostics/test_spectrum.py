@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +16,6 @@ from torch.func import functional_call
 from diagnostics._io import save_npz
 from diagnostics.spectrum import Spectrum, compute_eigenspectrum
 from lanczos_optim import lanczos
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny float64 models: thread-pool overhead dominates on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _mlp_ce() -> tuple[nn.Module, nn.Module, list]:

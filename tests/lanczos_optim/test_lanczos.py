@@ -18,15 +18,6 @@ F64 = torch.float64
 P = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small dense problems on a shared 2-core machine: one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _haar(p: int, gen: torch.Generator) -> torch.Tensor:
     q, r = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=F64))
     return q * torch.sign(torch.diagonal(r))
