@@ -33,7 +33,7 @@ class LanczosBasis:
         self.data = torch.empty(capacity, dim, dtype=sdtype, device=sdevice)
         self.size = 0
         self._direct = sdtype == dtype and sdevice == device
-        itemsize = torch.empty(0, dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         self._chunk = max(1, min(_CHUNK, _CHUNK_BYTES // max(1, dim * itemsize)))
 
     def append(self, v: Tensor) -> None:

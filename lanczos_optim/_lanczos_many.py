@@ -24,10 +24,12 @@ def lanczos_many(
     eps = torch.finfo(dtype).eps
     v = starts / torch.linalg.vector_norm(starts, dim=0, keepdim=True)
     basis = torch.zeros(k, num_steps, dim, dtype=dtype, device=device)
-    alphas = torch.zeros(k, num_steps, dtype=torch.float64)
-    betas = torch.zeros(k, num_steps, dtype=torch.float64)
+    # The tridiagonal entries stay on the operator's device until the end: they mix with the
+    # vectors in every step (a CPU [K] tensor times a CUDA [P, K] tensor raises).
+    alphas = torch.zeros(k, num_steps, dtype=torch.float64, device=device)
+    betas = torch.zeros(k, num_steps, dtype=torch.float64, device=device)
     steps = [num_steps] * k
-    anorm = torch.zeros(k, dtype=torch.float64)
+    anorm = torch.zeros(k, dtype=torch.float64, device=device)
     active = list(range(k))
     v_prev = torch.zeros_like(v)
     for j in range(num_steps):
@@ -44,7 +46,7 @@ def lanczos_many(
             )
         w[:, active] = product.to(dtype)
         alpha = (v.double() * w.double()).sum(0)
-        beta_prev = betas[:, j - 1] if j else torch.zeros(k, dtype=torch.float64)
+        beta_prev = betas[:, j - 1] if j else torch.zeros(k, dtype=torch.float64, device=device)
         w = w - alpha.to(dtype) * v - beta_prev.to(dtype) * v_prev
         q = basis[:, : j + 1]  # [K, j+1, P]
         for _ in range(2):
@@ -62,6 +64,7 @@ def lanczos_many(
         v_prev, v = v, torch.where(beta.to(dtype) > 0, w / beta.clamp_min(1e-300).to(dtype), 0 * w)
         v[:, [c for c in range(k) if c not in active]] = 0
 
+    alphas, betas, anorm = alphas.cpu(), betas.cpu(), anorm.cpu()
     results = []
     for c in range(k):
         m = steps[c]

@@ -26,7 +26,7 @@ TRANSFORMS = ("newton", "abs")
 
 def _spectral_factors(theta: Tensor, damping: float, transform: str) -> tuple[Tensor, int]:
     """Return ``f(theta)`` (float64) and how many Ritz values were clipped."""
-    theta = theta.to(torch.float64)
+    theta = theta.to(device="cpu", dtype=torch.float64)
     if transform == "abs":
         return 1.0 / (theta.abs() + damping), 0
     clipped = theta <= -damping
@@ -109,7 +109,7 @@ def _apply(
     the complement is rounding noise and is set to zero rather than amplified by ``1/damping``.
     """
     coeffs = u.T @ v
-    d = u @ (factors.to(v.dtype) * coeffs)
+    d = u @ (factors.to(device=v.device, dtype=v.dtype) * coeffs)
     if in_span:
         complement = torch.zeros_like(v)
     else:
@@ -138,10 +138,10 @@ def _solve_in_basis(
     d, coeffs, complement = _apply(ritz_vectors, factors, damping, v, in_span=in_span)
     if vnorm2 is None:
         vnorm2 = float(torch.dot(v.double(), v.double()))
-    c64 = coeffs.double()
+    c64 = coeffs.double().cpu()  # the factors and Ritz values are float64 on the CPU
     fc = factors * c64
     r2 = float(complement.double() @ complement.double())
-    empty = torch.zeros(0, dtype=torch.float64)
+    empty = torch.zeros(0, dtype=torch.float64, device="cpu")
     info = KrylovSolveInfo(
         ritz_values=ritz_values,
         weights=empty,
@@ -280,7 +280,7 @@ def krylov_solve(
     if not math.isfinite(vnorm2):
         raise ValueError("v has non-finite entries.")
     if vnorm2 == 0.0:
-        empty = torch.zeros(0, dtype=torch.float64)
+        empty = torch.zeros(0, dtype=torch.float64, device="cpu")
         info = KrylovSolveInfo(
             ritz_values=empty,
             weights=empty,

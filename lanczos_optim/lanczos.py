@@ -260,8 +260,8 @@ def lanczos(
 
     m = len(alphas)
     res = LanczosResult.from_tridiagonal(
-        torch.tensor(alphas, dtype=torch.float64),
-        torch.tensor(betas[: m - 1], dtype=torch.float64),
+        torch.tensor(alphas, dtype=torch.float64, device="cpu"),
+        torch.tensor(betas[: m - 1], dtype=torch.float64, device="cpu"),
         beta_prev,
         breakdown,
     )

@@ -47,7 +47,9 @@ class SpectralDensity:
 
     def moments(self, k_max: int) -> Tensor:
         """Moments ``0..k_max`` as a float64 tensor."""
-        return torch.tensor([self.moment(k) for k in range(k_max + 1)], dtype=torch.float64)
+        return torch.tensor(
+            [self.moment(k) for k in range(k_max + 1)], dtype=torch.float64, device="cpu"
+        )
 
     def probe_traces(self) -> Tensor:
         r"""Per-probe Hutchinson estimates :math:`P\, v^\top A v / v^\top v`."""
@@ -67,7 +69,7 @@ class SpectralDensity:
         """
         if not sigma > 0:
             raise ValueError(f"sigma must be positive; got {sigma}.")
-        grid = torch.as_tensor(grid, dtype=torch.float64)
+        grid = torch.as_tensor(grid, dtype=torch.float64, device=self.nodes.device)
         z = (grid[:, None] - self.nodes[None, :]) / sigma
         kern = torch.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))
         return kern @ self.weights

@@ -38,6 +38,10 @@ _CACHE_KEYS = (
 _FREED_GRAPH = "backward through the graph a second time"
 
 
+def _empty64() -> Tensor:
+    return torch.zeros(0, dtype=torch.float64, device="cpu")
+
+
 @dataclass
 class StepInfo:
     r"""What one optimiser step measured (``optimizer.last_info``).
@@ -77,9 +81,9 @@ class StepInfo:
     reason: str | None = None
     loss: float = math.nan
     grad_norm: float = math.nan
-    ritz_values: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
-    weights: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
-    residuals: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    ritz_values: Tensor = field(default_factory=_empty64)
+    weights: Tensor = field(default_factory=_empty64)
+    residuals: Tensor = field(default_factory=_empty64)
     krylov_fraction: float = math.nan
     predicted_decrease: float = math.nan
     num_clipped: int = 0
@@ -103,6 +107,11 @@ class StepInfo:
             value = getattr(self, name)
             out[name] = value.tolist() if isinstance(value, Tensor) else value
         return out
+
+
+def _cpu64(values: Sequence[float]) -> Tensor:
+    """Float64 values on the CPU, where the small Lanczos quantities live."""
+    return torch.tensor(values, dtype=torch.float64, device="cpu")
 
 
 def _is_number(x: object) -> bool:
@@ -466,8 +475,9 @@ class _LanczosNewtonBase(Optimizer):
                 gen = self._generator(state, group["seed"]) if random else None
                 start: str | Tensor | None = "random" if random else None
                 if random and world > 1:  # every rank starts from rank 0's random vector
-                    start = torch.randn(flat_g.numel(), generator=gen, dtype=flat_g.dtype)
-                    start = start.to(flat_g.device)
+                    start = torch.randn(
+                        flat_g.numel(), generator=gen, dtype=flat_g.dtype, device="cpu"
+                    ).to(flat_g.device)
                     dist.broadcast(start, src=0)
                 try:
                     d, kinfo = krylov_solve(
@@ -488,10 +498,10 @@ class _LanczosNewtonBase(Optimizer):
                 info.product_seconds = kinfo.product_seconds
                 basis_age = 0
             else:
-                theta = torch.tensor(state["ritz_values"], dtype=torch.float64)
+                theta = _cpu64(state["ritz_values"])
                 d, kinfo = _solve_in_basis(theta, cached, damping, self._transform, flat_g)
-                kinfo.weights = torch.tensor(state["ritz_weights"], dtype=torch.float64)
-                kinfo.residuals = torch.tensor(state["ritz_residuals"], dtype=torch.float64)
+                kinfo.weights = _cpu64(state["ritz_weights"])
+                kinfo.residuals = _cpu64(state["ritz_residuals"])
                 basis_age = state["basis_age"] + 1
                 if not bool(torch.isfinite(d).all()):
                     return self._skip(state, info, "non-finite curvature", loss)
