@@ -128,6 +128,12 @@ class CurvatureOperator:
         cache_graphs: Keep each batch's graph between products. Default (``None``): when
             ``data`` is one batch, whose graph a product holds anyway. ``True`` for several
             batches costs the memory of all their graphs at once; the data are then read once.
+        cache_check: How kept graphs are checked before each product. ``"fast"`` (default):
+            tensor identity, autograd version counters and storage of the parameters, buffers
+            and listed data, and checksums of the buffers (BatchNorm running statistics change
+            without a version bump). ``"full"``: also checksums of every parameter and listed
+            data tensor (one read of them per product), which catches writes that bypass
+            autograd, such as ``p.data.copy_(...)`` or a NumPy array refilled behind the inputs.
     """
 
     def __init__(
@@ -140,6 +146,7 @@ class CurvatureOperator:
         bn_mode: str = "eval",
         distributed: bool | None = None,
         cache_graphs: bool | None = None,
+        cache_check: str = "fast",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -154,7 +161,7 @@ class CurvatureOperator:
         if cache_graphs is not None and not isinstance(cache_graphs, bool):
             raise TypeError(f"cache_graphs must be True, False or None; got {cache_graphs!r}.")
         self.cache_graphs = _is_batch(data) if cache_graphs is None else cache_graphs
-        self._cache = GraphCache()
+        self._cache = GraphCache(cache_check)
         self.params, self.param_names = select_params(model, params)
         self.distributed = distributed
         self._sum_reduction = getattr(loss_fn, "reduction", "mean") == "sum"

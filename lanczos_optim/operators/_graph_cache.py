@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import chain
 
 import torch
 from torch import Tensor, nn
@@ -12,14 +11,30 @@ from lanczos_optim._graph_products import Product
 
 CachedBatches = list[tuple[Product, int]]
 
+#: How a kept graph is checked before each product: ``"fast"`` compares tensor identity,
+#: autograd version counters and storage, plus checksums of the model's buffers (BatchNorm
+#: updates its running statistics without bumping their version counters); ``"full"`` also
+#: checksums every parameter and every tensor of a list of batches, which catches writes that
+#: bypass autograd (``p.data``, a NumPy array refilled behind the inputs) at the price of
+#: reading them all per product.
+CACHE_CHECKS = ("fast", "full")
 
-def _keyed_tensors(model: nn.Module, data: object) -> tuple[list[Tensor], list[Tensor]]:
-    """The model's parameters and buffers, and the tensors of a list of batches."""
-    state = list(chain(model.parameters(), model.buffers()))
+
+def check_cache_check(cache_check: object) -> str:
+    """Return ``cache_check`` if it is one of :data:`CACHE_CHECKS`, else raise ``ValueError``."""
+    if cache_check not in CACHE_CHECKS:
+        raise ValueError(f"cache_check must be one of {CACHE_CHECKS}; got {cache_check!r}.")
+    return cache_check  # type: ignore[return-value]
+
+
+def _keyed_tensors(
+    model: nn.Module, data: object
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """The model's parameters, its buffers, and the tensors of a list of batches."""
     batches = []
     if isinstance(data, (list, tuple)):  # cheap to look at; a DataLoader is not
         batches = [t for batch in data for t in batch if isinstance(t, Tensor)]
-    return state, batches
+    return list(model.parameters()), list(model.buffers()), batches
 
 
 def _cacheable(tensors: list[Tensor]) -> bool:
@@ -64,11 +79,13 @@ class GraphCache:
 
     A cached entry is valid while every parameter and buffer of the model, and every tensor of a
     list of batches, is the same tensor object with the same autograd version counter and storage
-    as when the entry was built, and their checksums (:func:`_checksum`) are unchanged: about
-    one read of the parameters and the listed data per product.
+    as when the entry was built, and the checksums (:func:`_checksum`) of the buffers (``"fast"``)
+    or of everything (``"full"``: about one read of the parameters and the listed data per
+    product) are unchanged.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, check: str = "fast") -> None:
+        self.check = check_cache_check(check)
         self.entries: CachedBatches | None = None
         self._tensors: list[Tensor] = []
         self._versions: list[tuple[int, int]] = []
@@ -78,29 +95,34 @@ class GraphCache:
         """Drop the graphs (and the memory they hold)."""
         self.entries, self._tensors, self._versions, self._sums = None, [], [], b""
 
-    def _valid(self, state: list[Tensor], batches: list[Tensor]) -> bool:
-        tensors = state + batches
+    def _summed(self, params: list[Tensor], buffers: list[Tensor], batches: list[Tensor]) -> bytes:
+        if self.check == "full":
+            return _checksum(params + buffers, batches)
+        return _checksum(buffers, [])
+
+    def _valid(self, params: list[Tensor], buffers: list[Tensor], batches: list[Tensor]) -> bool:
+        tensors = params + buffers + batches
         return (
             self.entries is not None
             and len(tensors) == len(self._tensors)
             and all(a is b for a, b in zip(tensors, self._tensors, strict=True))
             and [(t._version, t.data_ptr()) for t in tensors] == self._versions
-            and _checksum(state, batches) == self._sums
+            and self._summed(params, buffers, batches) == self._sums
         )
 
     def get(
         self, model: nn.Module, data: object, build: Callable[[], CachedBatches]
     ) -> CachedBatches | None:
         """The cached entries, built first if missing or stale; ``None`` if caching is unsafe."""
-        state, batches = _keyed_tensors(model, data)
-        if not _cacheable(state + batches):
+        params, buffers, batches = _keyed_tensors(model, data)
+        if not _cacheable(params + buffers + batches):
             self.clear()
             return None
-        if not self._valid(state, batches):
+        if not self._valid(params, buffers, batches):
             self.clear()  # free the stale graphs before building new ones
             entries = build()
-            self._tensors = state + batches
+            self._tensors = params + buffers + batches
             self._versions = [(t._version, t.data_ptr()) for t in self._tensors]
-            self._sums = _checksum(state, batches)
+            self._sums = self._summed(params, buffers, batches)
             self.entries = entries
         return self.entries

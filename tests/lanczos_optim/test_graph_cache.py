@@ -124,17 +124,61 @@ CHANGES: dict[str, Callable[[nn.Module, Tensor, Tensor], None]] = {
 }
 
 
+#: Changes that bypass autograd's version counters on parameters or data: only
+#: ``cache_check="full"`` (checksums of everything) sees them; "fast" documents that it does not.
+FULL_CHECK_ONLY = {
+    "write through .data",
+    "write to the data through .data",
+    "row permutation through .data",
+}
+
+
+@pytest.fixture(params=["fast", "full"])
+def cache_check(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.mark.parametrize("change", sorted(CHANGES))
-def test_stale_graphs_are_rebuilt(curvature, change):
+def test_stale_graphs_are_rebuilt(curvature, change, cache_check):
     model, (x, y) = _model(), _batch()
-    op = curvature(model, nn.CrossEntropyLoss(), (x, y))
+    op = curvature(model, nn.CrossEntropyLoss(), (x, y), cache_check=cache_check)
     v = torch.randn(op.shape[0], dtype=torch.float64)
     before = op @ v
+    calls = _count_forwards(model)
     CHANGES[change](model, x, y)
+    builds = calls[0]
     after = op @ v
+    rebuilt = calls[0] - builds
     truth = _fresh(op, v)
     assert float((before - truth).norm() / truth.norm()) > 1e-4  # the change matters
-    assert torch.allclose(after, truth, rtol=1e-12, atol=1e-14)
+    if cache_check == "fast" and change in FULL_CHECK_ONLY:
+        assert rebuilt == 0  # documented: the fast check trusts version counters
+        assert not torch.allclose(after, truth, rtol=1e-6, atol=1e-8)
+    else:
+        assert rebuilt == 1
+        assert torch.allclose(after, truth, rtol=1e-12, atol=1e-14)
+
+
+def test_fast_check_reads_no_parameter_or_data(curvature, monkeypatch):
+    from lanczos_optim.operators import _graph_cache
+
+    model, (x, y) = _model(), _batch()
+    seen: list[int] = []
+    real = _graph_cache._checksum
+    monkeypatch.setattr(
+        _graph_cache,
+        "_checksum",
+        lambda state, batches: seen.append(len(state) + len(batches)) or real(state, batches),
+    )
+    op = curvature(model, nn.CrossEntropyLoss(), (x, y))
+    op @ torch.randn(op.shape[0], dtype=torch.float64)
+    op @ torch.randn(op.shape[0], dtype=torch.float64)
+    assert seen == [len(list(model.buffers()))] * 2  # at the build and one check: buffers only
+
+
+def test_cache_check_is_validated(curvature):
+    with pytest.raises(ValueError, match=r"cache_check must be one of \('fast', 'full'\); got 'x'"):
+        curvature(_model(), nn.CrossEntropyLoss(), _batch(), cache_check="x")
 
 
 def test_unchanged_model_keeps_the_graph_across_other_operators(curvature, bn_mode):
@@ -176,7 +220,7 @@ def test_failed_build_leaves_no_cache_and_model_intact(curvature):
 def test_numpy_array_refilled_behind_the_inputs(curvature):
     model, (x, y) = _model(), _batch()
     array = x.numpy().copy()
-    op = curvature(model, nn.CrossEntropyLoss(), (torch.from_numpy(array), y))
+    op = curvature(model, nn.CrossEntropyLoss(), (torch.from_numpy(array), y), cache_check="full")
     v = torch.randn(op.shape[0], dtype=torch.float64)
     before = op @ v
     array[:] = 3 * array + 1  # the tensor sees it, its version counter does not
