@@ -12,6 +12,12 @@ from torch.func import functional_call
 
 from lanczos_optim._graph_products import Product, check_scalar_loss
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
+from lanczos_optim._precision import (
+    check_precision,
+    forward_precision,
+    outputs_in,
+    product_precision,
+)
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.operators._graph_cache import CachedBatches, GraphCache
 
@@ -134,6 +140,12 @@ class CurvatureOperator:
             without a version bump). ``"full"``: also checksums of every parameter and listed
             data tensor (one read of them per product), which catches writes that bypass
             autograd, such as ``p.data.copy_(...)`` or a NumPy array refilled behind the inputs.
+        precision: Arithmetic of the products. ``"highest"`` (default): the operator's dtype
+            with TF32 off, also for cuDNN convolutions. ``"tf32"``: float32 matrix products
+            and convolutions in TF32 on CUDA (no effect on the CPU). ``"bf16"``: the forward
+            pass under bfloat16 autocast (the backward passes follow its dtypes); the outputs,
+            the loss, its Hessian and the returned products stay in the operator's dtype.
+            The accuracy each setting reached is in the README (benchmarks/step_cost.py).
     """
 
     def __init__(
@@ -147,6 +159,7 @@ class CurvatureOperator:
         distributed: bool | None = None,
         cache_graphs: bool | None = None,
         cache_check: str = "fast",
+        precision: str = "highest",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -162,6 +175,7 @@ class CurvatureOperator:
             raise TypeError(f"cache_graphs must be True, False or None; got {cache_graphs!r}.")
         self.cache_graphs = _is_batch(data) if cache_graphs is None else cache_graphs
         self._cache = GraphCache(cache_check)
+        self.precision = check_precision(precision)
         self.params, self.param_names = select_params(model, params)
         self.distributed = distributed
         self._sum_reduction = getattr(loss_fn, "reduction", "mean") == "sum"
@@ -190,7 +204,9 @@ class CurvatureOperator:
             # Batch statistics would update the running ones in place, and BatchNorm's backward
             # reads those: run on copies so that the model is untouched and a kept graph valid.
             state.update({n: b.clone() for n, b in self.model.named_buffers()})
-        return functional_call(self.model, state, (x,)) if state else self.model(x)
+        with forward_precision(self.precision, self.device):
+            out = functional_call(self.model, state, (x,)) if state else self.model(x)
+        return outputs_in(out, self.dtype)
 
     def _batch_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         outputs = self._forward(x)
@@ -277,7 +293,10 @@ class CurvatureOperator:
             raise ValueError(
                 f"matmat expects shape ({self.shape[0]}, K); got {tuple(matrix.shape)}."
             )
-        matrix = matrix.to(self.device, self.dtype)
+        with product_precision(self.precision):
+            return self._matmat(matrix.to(self.device, self.dtype))
+
+    def _matmat(self, matrix: Tensor) -> Tensor:
         columns = [unflatten_vector(matrix[:, k], self.params) for k in range(matrix.shape[1])]
 
         def stack(prods: list[list[Tensor]]) -> Tensor:
@@ -321,5 +340,6 @@ class CurvatureOperator:
             )
             return torch.cat([flat, loss.detach().reshape(1).to(flat)])[:, None]
 
-        acc = self._accumulate(self._over_batches(per_batch), 1, rows=self.shape[0] + 1)[:, 0]
+        with product_precision(self.precision):
+            acc = self._accumulate(self._over_batches(per_batch), 1, rows=self.shape[0] + 1)[:, 0]
         return float(acc[-1]), acc[:-1]
