@@ -242,12 +242,29 @@ def _loss_at(r: Run, seconds: float) -> float:
     return math.nan if r.diverged else best
 
 
+def _time_to(r: Run, target: float) -> float:
+    """Optimiser seconds until the training loss first reached ``target`` (inf: never)."""
+    if r.diverged:
+        return math.inf
+    for t, loss in zip(r.seconds, r.train_loss, strict=True):
+        if loss <= target:
+            return t
+    return math.inf
+
+
+def _reach_cell(times: list[float]) -> str:
+    reached = [t for t in times if math.isfinite(t)]
+    if not reached:
+        return f"not reached (0/{len(times)})"
+    return f"{statistics.mean(reached):.2f} s ({len(reached)}/{len(times)})"
+
+
 def _table(runs: list[Run], title_col: str = "optimizer", budget: bool = False) -> list[str]:
-    extra = " loss at SGD's time |" if budget else ""
+    extra = " loss at SGD's time | time to SGD's final loss |" if budget else ""
     lines = [
         f"| problem | {title_col} | seeds | final train loss | final train acc | test acc | "
         f"s/step | products/step | diverged |{extra}",
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if budget else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if budget else ""),
     ]
     groups: dict[tuple[str, str], list[Run]] = {}
     for r in runs:
@@ -255,11 +272,15 @@ def _table(runs: list[Run], title_col: str = "optimizer", budget: bool = False) 
     sgd_time: dict[tuple[str, int], float] = {
         (r.problem, r.seed): r.seconds[-1] for r in runs if r.optimizer.startswith("SGD")
     }
+    sgd_loss: dict[tuple[str, int], float] = {
+        (r.problem, r.seed): _final(r, "train_loss") for r in runs if r.optimizer.startswith("SGD")
+    }
     for (prob, name), rs in groups.items():
         cell = ""
         if budget:
             at = [_loss_at(r, sgd_time.get((r.problem, r.seed), math.inf)) for r in rs]
-            cell = f" {_mean_std(at)} |"
+            reach = [_time_to(r, sgd_loss.get((r.problem, r.seed), -math.inf)) for r in rs]
+            cell = f" {_mean_std(at)} | {_reach_cell(reach)} |"
         lines.append(
             f"| {prob} | `{name}` | {len(rs)} | "
             f"{_mean_std([_final(r, 'train_loss') for r in rs])} | "

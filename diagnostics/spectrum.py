@@ -278,7 +278,9 @@ def compute_eigenspectrum(
     start = time.perf_counter()
     results = []
     for j in range(probes):
-        v0 = torch.randn(dim, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
+        v0 = torch.randn(dim, generator=gen, dtype=torch.float64, device="cpu").to(
+            op.device, op.dtype
+        )
         vectors = save_eigvec and j == 0
         results.append(lanczos(op, steps, v0=v0, tol=tol, compute_vectors=vectors))
     wall = time.perf_counter() - start

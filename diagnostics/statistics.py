@@ -207,7 +207,7 @@ def loss_statistics(
     dtype, device = chosen[0].dtype, chosen[0].device
     dim = sum(p.numel() for p in chosen)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    probes = torch.randn(num_probes, dim, generator=gen, dtype=torch.float64)
+    probes = torch.randn(num_probes, dim, generator=gen, dtype=torch.float64, device="cpu")
     probes /= probes.norm(dim=1, keepdim=True)
     probe_lists = [unflatten_vector(z.to(device, dtype), chosen) for z in probes]
 
