@@ -76,7 +76,7 @@ def _plot_runs(paths: list[Path], args: argparse.Namespace, out: Path) -> None:
         if len(same) == 1 and None not in next(iter(same)):
             model, data = next(iter(same))
             title += f": {model} on {data}"
-    plot_runs(runs, logy=args.log, title=title, path=out)
+    plot_runs(runs, logy=bool(args.log), title=title, path=out)
 
 
 def _plot_npz(src: Path, args: argparse.Namespace, out: Path) -> None:
@@ -86,7 +86,9 @@ def _plot_npz(src: Path, args: argparse.Namespace, out: Path) -> None:
     if kind == "spectrum":
         from diagnostics.spectrum import Spectrum
 
-        plots.plot_spectrum(Spectrum.load(src), log=args.log, title=args.title, path=out)
+        plots.plot_spectrum(
+            Spectrum.load(src), log=args.log is not False, title=args.title, path=out
+        )
     elif kind == "landscape":
         from diagnostics.landscape import Landscape
 
@@ -103,7 +105,7 @@ def _plot_npz(src: Path, args: argparse.Namespace, out: Path) -> None:
             spectrum = (arrays[first], np.full(arrays[first].size, 1 / arrays[first].size))
             title = args.title if args.title is not None else f"{first}: entries as equal stems"
         plots.plot_spectrum(spectrum, diagonal=arrays[first], diagonal_label=first,
-                            log=args.log, title=title, path=out)  # fmt: skip
+                            log=args.log is not False, title=title, path=out)  # fmt: skip
     else:
         raise ValueError(f"{str(src)!r} holds a {kind!r} result; {ACCEPTS}.")
 

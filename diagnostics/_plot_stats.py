@@ -72,6 +72,7 @@ def plot_statistics(
             label="variance over batches (noise)")  # fmt: skip
     ax.set_yticks(y, [r[0] for r in rows])
     ax.set_xscale("log")
+    ax.set_xlabel("value (log scale)")
     ax.legend(frameon=False, fontsize="small")
     if title is None:
         n, b = stats.get("num_samples"), stats.get("num_batches")

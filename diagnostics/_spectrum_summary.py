@@ -102,16 +102,21 @@ class SpectrumSummaries:
         """
         values, weights = self.nearest_zero()
         raw = self.negative_mass()
-        on_zero = float(weights[values < 0].sum())
+        one = values.size == 1
+        nearest = "the Ritz value nearest 0" if one else "the Ritz values nearest 0"
+        headline = (
+            f"negative mass {self.negative_mass(exclude_nearest_zero=True):.3f} without {nearest}"
+        )
+        if not (values < 0).any():
+            shown = f"{values[0]:.2g}" if one else f"{values.min():.2g} to {values.max():.2g}"
+            return headline, f"raw negative mass {raw:.3f}; {nearest} ({shown}) is not negative"
         where = (
             f"the Ritz value {values[0]:.2g} nearest 0"
-            if values.size == 1
+            if one
             else f"the {values.size} Ritz values nearest 0 (one per probe, "
             f"{values.min():.2g} to {values.max():.2g})"
         )
-        headline = f"negative mass {self.negative_mass(exclude_nearest_zero=True):.3f} without " + (
-            "the Ritz value nearest 0" if values.size == 1 else "the Ritz values nearest 0"
-        )
+        on_zero = float(weights[values < 0].sum())
         return headline, f"raw negative mass {raw:.3f}, {on_zero:.3f} of it on {where}"
 
     def probe_traces(self) -> np.ndarray:

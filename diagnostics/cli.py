@@ -53,14 +53,14 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
     out.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _plot_args(p: argparse.ArgumentParser, log: bool = True) -> None:
-    if log:
-        p.add_argument(
-            "--log",
-            action=argparse.BooleanOptionalAction,
-            default=True,
-            help="logarithmic spectral-mass axis",
-        )
+def _plot_args(
+    p: argparse.ArgumentParser,
+    *,
+    log: bool | None = True,
+    log_help: str | None = "logarithmic spectral-mass axis",
+) -> None:
+    if log_help is not None:
+        p.add_argument("--log", action=argparse.BooleanOptionalAction, default=log, help=log_help)
     p.add_argument("--title", help="figure title (default: curvature, model, data, steps)")
 
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("landscape", help="loss along Ritz vectors of a saved spectrum", **analysis)
     _analysis_args(p)
-    _plot_args(p, log=False)
+    _plot_args(p, log_help=None)
     p.add_argument(
         "--spectrum", required=True, help="spectrum .npz saved with --save-eigvec (same model)"
     )
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="image path (.png or .pdf; default: beside the first input)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing image")
-    _plot_args(p)
+    _plot_args(p, log=None, log_help="logarithmic y axis (None: spectra yes, training curves no)")
 
     p = sub.add_parser("demo", help="the offline end-to-end demo on digits (a few minutes)")
     p.add_argument("--out", default="results/demo")

@@ -39,14 +39,14 @@ DIAGONALS = {
 
 
 def spectrum_title(spectrum: Any, diagonal_label: str | None = None) -> str:
-    """A title naming curvature, model, data and Lanczos steps from a spectrum's ``meta``.
+    r"""A two-line title naming curvature, then model, data and Lanczos steps from ``meta``.
 
     Example:
         >>> class S:
         ...     meta = {"curvature": "ggn", "num_params": 4810, "num_samples": 96,
         ...             "lanczos_steps": 12, "provenance": {"model": "mlp", "dataset": "digits"}}
         >>> spectrum_title(S())
-        'GGN spectrum: mlp on digits (96 samples), 12 Lanczos steps'
+        'GGN spectrum\nmlp on digits (96 samples), 12 Lanczos steps'
     """
     meta = getattr(spectrum, "meta", None) or {}
     prov = meta.get("provenance") or {}
@@ -70,7 +70,7 @@ def spectrum_title(spectrum: Any, diagonal_label: str | None = None) -> str:
     checkpoint = prov.get("checkpoint")
     if checkpoint:
         parts.append(os.path.basename(checkpoint))
-    return head + (": " + ", ".join(parts) if parts else "")
+    return head + ("\n" + ", ".join(parts) if parts else "")
 
 
 def _as_1d(name: str, values: Any) -> np.ndarray:

@@ -172,7 +172,7 @@ def test_log_and_title_flags_reach_the_figure(tmp_path, monkeypatch):
     assert main([*argv, "--out", str(out)]) == 0
     ax = figures[-1].axes[0]
     assert ax.get_yscale() == "log"
-    assert ax.get_title().startswith("GGN spectrum: mlp on digits (64 samples), 4 Lanczos steps")
+    assert ax.get_title().startswith("GGN spectrum\nmlp on digits (64 samples), 4 Lanczos steps")
     assert (
         main(["plot", str(out), "--no-log", "--title", "mine", "--out", str(tmp_path / "p.png")])
         == 0

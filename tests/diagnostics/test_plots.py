@@ -297,7 +297,7 @@ def test_spectrum_plot_is_log_scaled_and_titled_by_default() -> None:
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
     assert ax.get_title() == (
-        "GGN spectrum: mlp on digits (96 samples), 5 Lanczos steps, checkpoint-00005.pt"
+        "GGN spectrum\nmlp on digits (96 samples), 5 Lanczos steps, checkpoint-00005.pt"
     )
     assert plot_spectrum(_spectrum_with_meta("ggn"), log=False).axes[0].get_yscale() == "linear"
     assert plot_spectrum(_spectrum_with_meta("ggn"), title="mine").axes[0].get_title() == "mine"
@@ -312,7 +312,7 @@ def test_hessian_and_ggn_stems_differ_in_colour_and_label() -> None:
 
 
 def test_spectrum_without_metadata_still_gets_a_title(spectrum: Spectrum) -> None:
-    assert plot_spectrum(spectrum).axes[0].get_title().startswith("Lanczos spectrum: 5 parameters")
+    assert plot_spectrum(spectrum).axes[0].get_title().startswith("Lanczos spectrum\n5 parameters")
 
 
 def test_diagonal_plot_names_the_diagonal() -> None:
