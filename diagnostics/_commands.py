@@ -146,8 +146,9 @@ def run_spectrum(args: argparse.Namespace) -> None:
     spectrum.save(out)
     plot_spectrum(spectrum, log=args.log, title=args.title, path=_png_beside(out))
     headline, raw = spectrum.negative_mass_report()
+    header = spectrum_title(spectrum).replace("\n", ": ")
     print(
-        f"{spectrum_title(spectrum)}\n"
+        f"{header}\n"
         f"  {spectrum.num_params:,} parameters: lambda_max {spectrum.lambda_max:.4g}, "
         f"lambda_min {spectrum.lambda_min:.4g}\n"
         f"  {headline}\n  ({raw})\n"
