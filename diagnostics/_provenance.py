@@ -26,10 +26,10 @@ __all__ = ["check_same_source", "data_hash", "parameter_hash"]
 _CHECKED = {
     "num_params": "parameter count",
     "model": "model",
-    "param_hash": "weights (parameter hash)",
+    "param_hash": "weights of parameter hash",
     "dataset": "data set",
     "subset": "subset",
-    "data_hash": "data (hash of the samples)",
+    "data_hash": "samples of data hash",
 }
 
 
@@ -84,11 +84,11 @@ def check_same_source(
     """
     for key, label in _CHECKED.items():
         if key in recorded and key in current and recorded[key] != current[key]:
-            was = recorded[key]
-            now = current[key]
-            source = recorded.get("checkpoint") or "a seeded initialisation"
+            was, now = recorded[key], current[key]
+            then = recorded.get("checkpoint") or "a seeded initialisation"
+            here = current.get("checkpoint") or "a seeded initialisation"
             raise ValueError(
-                f"{what} was computed for another {label}: {was!r} (from {source}), "
-                f"this run has {now!r}; use the checkpoint, model, data set and subset it was "
+                f"{what} was computed with {label} {was!r} (from {then}); this run has {now!r} "
+                f"(from {here}). Use the checkpoint, model, data set, subset and seed it was "
                 "made with."
             )

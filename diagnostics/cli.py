@@ -30,6 +30,15 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default in the help only where there is one (not None, not a False flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _analysis_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model and data")
     src.add_argument(
@@ -110,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--spectrum-every", type=int, help="log a Hessian spectrum every N epochs")
 
-    analysis = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    analysis = {"formatter_class": _Defaults}
     p = sub.add_parser(
         "spectrum", help="Lanczos spectrum (stem plot) of the Hessian or GGN", **analysis
     )

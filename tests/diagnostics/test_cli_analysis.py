@@ -66,8 +66,8 @@ def test_results_record_checkpoint_weights_model_and_data(runs, tmp_path, capsys
 @pytest.mark.parametrize(
     ("command", "extra", "needle"),
     [
-        ("landscape", ["--checkpoint", "{other}"], "weights (parameter hash)"),
-        ("diagonal", ["--checkpoint", "{other}"], "weights (parameter hash)"),
+        ("landscape", ["--checkpoint", "{other}"], "weights of parameter hash"),
+        ("diagonal", ["--checkpoint", "{other}"], "weights of parameter hash"),
         ("landscape", ["--model", "small_cnn"], "parameter count"),
         ("diagonal", ["--checkpoint", "{ckpt}", "--subset", "32"], "subset"),
     ],
