@@ -358,3 +358,12 @@ def test_statistics_plot_shows_mean_and_variance_per_quantity() -> None:
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["loss", "gradient"]
     with pytest.raises(ValueError, match="none of the statistics"):
         plot_statistics({"format": "lanczos-optim/stats"})
+
+
+def test_landscape_plot_is_titled_by_curvature_model_and_checkpoint() -> None:
+    ls = _landscape(True, True, False)
+    assert plot_landscape(ls).get_suptitle() == "Loss along directions"
+    ls.meta["spectrum"] = {"curvature": "ggn"}
+    ls.meta["provenance"] = {"model": "mlp", "dataset": "digits", "checkpoint": "r/c-3.pt"}
+    assert plot_landscape(ls).get_suptitle() == "Loss along GGN Ritz vectors: mlp on digits, c-3.pt"
+    assert plot_landscape(ls, title="mine").get_suptitle() == "mine"
