@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from diagnostics._io import FORMAT_PREFIX, atomic_write, load_npz, save_npz
+from diagnostics._io import FORMAT_PREFIX, atomic_write, save_npz
 from diagnostics._setup import AnalysisSetup, analysis_setup
 
 __all__: list[str] = []
@@ -102,12 +101,34 @@ def run_train(args: argparse.Namespace) -> None:
     )
 
 
+def _check_choices(args: argparse.Namespace) -> None:
+    """Cheap argument checks, before anything is loaded or a file is claimed."""
+    from diagnostics.spectrum import CURVATURES
+    from lanczos_optim._model_state import check_bn_mode
+
+    curvature = getattr(args, "curvature", "hessian")
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}; got {curvature!r}.")
+    check_bn_mode(args.bn_mode)
+
+
+def _check_source(meta: dict[str, Any], s: AnalysisSetup, what: str) -> None:
+    from diagnostics._cli_outputs import recorded_provenance
+    from diagnostics._provenance import check_same_source
+
+    check_same_source(recorded_provenance(meta), s.meta["provenance"], what=what)
+
+
 def run_spectrum(args: argparse.Namespace) -> None:
     """Compute, save and plot a spectrum."""
-    from diagnostics.plots import plot_spectrum
+    from diagnostics._cli_outputs import claim_outputs, default_output
+    from diagnostics.plots import plot_spectrum, spectrum_title
     from diagnostics.spectrum import compute_eigenspectrum
 
+    _check_choices(args)
     s = _setup(args)
+    out = default_output(args, "spectrum", ".npz", f"-{args.curvature}")
+    claim_outputs(out, _png_beside(out), overwrite=args.overwrite)
     spectrum = compute_eigenspectrum(
         s.model,
         s.loss_fn,
@@ -119,43 +140,64 @@ def run_spectrum(args: argparse.Namespace) -> None:
         save_eigvec=args.save_eigvec,
         seed=args.seed,
         cache_graphs=args.cache_graphs or None,
+        progress=not args.quiet,
     )
-    spectrum.save(args.out)
-    plot_spectrum(spectrum, path=_png_beside(args.out))
-    summary = spectrum.summary()
+    spectrum.meta["provenance"] = s.meta["provenance"]
+    spectrum.save(out)
+    plot_spectrum(spectrum, log=args.log, title=args.title, path=_png_beside(out))
+    headline, raw = spectrum.negative_mass_report()
+    header = spectrum_title(spectrum).replace("\n", ": ")
     print(
-        f"{args.curvature} spectrum of {spectrum.num_params:,} parameters: "
-        f"lambda_max {summary['lambda_max']:.4g}, lambda_min {summary['lambda_min']:.4g}, "
-        f"negative mass {summary['negative_mass']:.3f}; saved {args.out} and "
-        f"{_png_beside(args.out)}"
+        f"{header}\n"
+        f"  {spectrum.num_params:,} parameters: lambda_max {spectrum.lambda_max:.4g}, "
+        f"lambda_min {spectrum.lambda_min:.4g}\n"
+        f"  {headline}\n  ({raw})\n"
+        f"saved {out} and {_png_beside(out)}"
     )
 
 
 def run_stats(args: argparse.Namespace) -> None:
     """Loss, gradient and curvature statistics as JSON."""
+    from diagnostics._cli_outputs import claim_outputs, default_output
     from diagnostics.statistics import loss_statistics
 
+    _check_choices(args)
     s = _setup(args)
+    out = default_output(args, "stats", ".json")
+    claim_outputs(out, overwrite=args.overwrite)
     stats = loss_statistics(
-        s.model, s.loss_fn, s.train, bn_mode=args.bn_mode, num_probes=args.probes, seed=args.seed
+        s.model,
+        s.loss_fn,
+        s.train,
+        bn_mode=args.bn_mode,
+        num_probes=args.probes,
+        seed=args.seed,
+        progress=not args.quiet,
     )
-    write_json(args.out, {"format": FORMAT_PREFIX + "stats", **stats.as_dict()})
+    payload = {"format": FORMAT_PREFIX + "stats", **stats.as_dict()}
+    write_json(out, payload | {"provenance": s.meta["provenance"]})
     print(
-        f"loss mean {stats.loss_mean:.4g}, gradient variance {stats.grad_var:.4g}; saved {args.out}"
+        f"loss mean {stats.loss_mean:.4g}, gradient variance {stats.grad_var:.4g}; saved {out} "
+        f"(plot it with: lanczos-optim plot {out})"
     )
 
 
 def run_landscape(args: argparse.Namespace) -> None:
     """Loss along the Ritz vectors of a saved spectrum."""
+    from diagnostics._cli_outputs import claim_outputs, default_output
     from diagnostics.landscape import build_loss_landscape, select_directions
     from diagnostics.plots import plot_landscape
     from diagnostics.spectrum import Spectrum
 
+    _check_choices(args)
     spectrum = Spectrum.load(args.spectrum)
     s = _setup(args)
+    _check_source(spectrum.meta, s, f"Spectrum {args.spectrum!r}")
     indices = select_directions(
         spectrum, top=_ranks(args.top, "top"), bottom=_ranks(args.bottom, "bottom")
     )
+    out = default_output(args, "landscape", ".npz")
+    claim_outputs(out, _png_beside(out), overwrite=args.overwrite)
     landscape = build_loss_landscape(
         s.model,
         s.loss_fn,
@@ -166,24 +208,36 @@ def run_landscape(args: argparse.Namespace) -> None:
         dist=args.dist,
         n_points=args.n_points,
         bn_mode=args.bn_mode,
+        progress=not args.quiet,
     )
-    landscape.save(args.out)
-    plot_landscape(landscape, path=_png_beside(args.out))
-    print(
-        f"landscape along {len(indices)} Ritz vectors; saved {args.out} and {_png_beside(args.out)}"
-    )
+    landscape.meta["provenance"] = s.meta["provenance"]
+    landscape.meta["spectrum_file"] = str(args.spectrum)
+    landscape.save(out)
+    plot_landscape(landscape, title=args.title, path=_png_beside(out))
+    print(f"landscape along {len(indices)} Ritz vectors; saved {out} and {_png_beside(out)}")
 
 
 def run_diagonal(args: argparse.Namespace) -> None:
     """BackPACK diagonals, compared with a spectrum when one is given."""
+    from diagnostics._cli_outputs import claim_outputs, default_output
     from diagnostics.compare import compare_to_spectrum
-    from diagnostics.diagonal import diagonal_approximations
+    from diagnostics.diagonal import KINDS, diagonal_approximations
     from diagnostics.plots import plot_spectrum
     from diagnostics.spectrum import Spectrum
 
+    _check_choices(args)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(
+            f"--kinds must be a comma-separated subset of {KINDS}; got {args.kinds!r}."
+        )
     spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
     s = _setup(args)
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if spectrum is not None:
+        _check_source(spectrum.meta, s, f"Spectrum {args.spectrum!r}")
+    out = default_output(args, "diagonal", ".npz")
+    png = _png_beside(out) if spectrum is not None else None
+    claim_outputs(out, *([png] if png else []), overwrite=args.overwrite)
     diagonals = diagonal_approximations(
         s.model,
         s.loss_fn,
@@ -192,75 +246,32 @@ def run_diagonal(args: argparse.Namespace) -> None:
         bn_mode=args.bn_mode,
         fallback="hutchinson" if args.hutchinson_fallback else None,
         seed=args.seed,
+        progress=not args.quiet,
     )
-    meta: dict[str, Any] = {"kinds": kinds, "spectrum": args.spectrum}
+    meta: dict[str, Any] = {
+        "kinds": kinds,
+        "spectrum": args.spectrum,
+        "provenance": s.meta["provenance"],
+    }
     if spectrum is not None:
         meta["comparison"] = {k: compare_to_spectrum(d, spectrum) for k, d in diagonals.items()}
         first = kinds[0]
-        plot_spectrum(spectrum, diagonal=diagonals[first].numpy(), path=_png_beside(args.out))
-    save_npz(args.out, "diagonal", {k: v.double().numpy() for k, v in diagonals.items()}, meta)
+        plot_spectrum(spectrum, diagonal=diagonals[first].numpy(), diagonal_label=first,
+                      log=args.log, title=args.title, path=png)  # fmt: skip
+    save_npz(out, "diagonal", {k: v.double().numpy() for k, v in diagonals.items()}, meta)
     for kind, d in diagonals.items():
         line = f"{kind}: min {float(d.min()):.4g}, max {float(d.max()):.4g}"
         if spectrum is not None:
             line += f", W1 to Lanczos {meta['comparison'][kind]['wasserstein']:.4g}"
         print(line)
-    print(f"saved {args.out}")
-
-
-def _format_of(path: Path) -> str:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            fmt = str(f["format"]) if "format" in f.files else ""
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{str(path)!r} is not a readable .npz result file ({err}).") from None
-    if not fmt.startswith(FORMAT_PREFIX):
-        raise ValueError(f"{str(path)!r} is not a lanczos-optim result file (no 'format' key).")
-    return fmt[len(FORMAT_PREFIX) :]
+    print(f"saved {out}" + (f" and {png}" if png else ""))
 
 
 def run_plot(args: argparse.Namespace) -> None:
-    """Plot a result file according to its kind."""
-    from diagnostics import plots
+    """Plot a result file, or overlay training runs."""
+    from diagnostics._plot_command import plot_inputs
 
-    src = Path(args.input)
-    if not src.is_file():
-        raise FileNotFoundError(f"{str(src)!r} does not exist.")
-    out = Path(args.out) if args.out else _png_beside(src)
-    if src.suffix == ".jsonl":
-        try:
-            history = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{str(src)!r} is not a stats.jsonl file ({err}).") from None
-        plots.plot_training_curves(plots.rows_to_history(history), path=out)
-    else:
-        kind = _format_of(src)
-        if kind == "spectrum":
-            from diagnostics.spectrum import Spectrum
-
-            plots.plot_spectrum(Spectrum.load(src), path=out)
-        elif kind == "landscape":
-            from diagnostics.landscape import Landscape
-
-            plots.plot_landscape(Landscape.load(src), path=out)
-        elif kind == "diagonal":
-            arrays, meta = load_npz(src, "diagonal")
-            first = meta["kinds"][0]
-            if meta.get("spectrum"):
-                from diagnostics.spectrum import Spectrum
-
-                plots.plot_spectrum(
-                    Spectrum.load(meta["spectrum"]), diagonal=arrays[first], path=out
-                )
-            else:
-                plots.plot_spectrum(
-                    (arrays[first], np.full(arrays[first].size, 1 / arrays[first].size)), path=out
-                )
-        else:
-            raise ValueError(
-                f"{str(src)!r} holds a {kind!r} result; plot takes spectrum, landscape or "
-                "diagonal .npz files and training stats.jsonl."
-            )
-    print(f"saved {out}")
+    print(f"saved {plot_inputs(args)}")
 
 
 def run_demo(args: argparse.Namespace) -> None:

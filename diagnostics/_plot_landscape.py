@@ -11,7 +11,7 @@ from matplotlib.lines import Line2D
 from diagnostics._landscape_result import Landscape
 from diagnostics._plot_base import check_path, finish, new_figure
 
-__all__ = ["plot_landscape", "plot_landscape_2d"]
+__all__ = ["landscape_title", "plot_landscape", "plot_landscape_2d"]
 
 _PANELS = {
     "train_loss": "train loss",
@@ -19,6 +19,20 @@ _PANELS = {
     "train_acc": "train accuracy",
     "test_acc": "test accuracy",
 }
+
+
+def landscape_title(landscape: Landscape) -> str:
+    """A title naming the directions' curvature, model, data and checkpoint from ``meta``."""
+    meta = landscape.meta
+    spec = meta.get("spectrum") or {}
+    prov = meta.get("provenance") or spec.get("provenance") or {}
+    curvature = {"hessian": "Hessian", "ggn": "GGN"}.get(spec.get("curvature"), "")
+    head = f"Loss along {curvature} Ritz vectors" if spec else "Loss along directions"
+    what = " on ".join(p for p in (prov.get("model"), prov.get("dataset")) if p)
+    parts = [what] if what else []
+    if prov.get("checkpoint"):
+        parts.append(os.path.basename(prov["checkpoint"]))
+    return head.replace("  ", " ") + (": " + ", ".join(parts) if parts else "")
 
 
 def _check_landscape(landscape: object) -> Landscape:
@@ -31,6 +45,7 @@ def plot_landscape(
     landscape: Landscape,
     *,
     quadratic: bool = True,
+    title: str | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
     r"""Loss and accuracy along each direction, with the quadratic model (paper, figures 9-12).
@@ -43,6 +58,8 @@ def plot_landscape(
     Args:
         landscape: A :class:`~diagnostics.landscape.Landscape`.
         quadratic: Draw the quadratic model.
+        title: Figure title; ``None`` names curvature, model, data and checkpoint from the
+            landscape's metadata (:func:`landscape_title`), ``""`` leaves none.
         path: Optional ``.png``/``.pdf`` file to save to.
 
     Returns:
@@ -79,6 +96,9 @@ def plot_landscape(
         names.append("quadratic model")
     fig.axes[0].legend(handles, names, frameon=False, fontsize="small", title="direction",
                        title_fontsize="small")  # fmt: skip
+    title = landscape_title(ls) if title is None else title
+    if title:
+        fig.suptitle(title)
     return finish(fig, target)
 
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from diagnostics.checkpoint import load_checkpoint, read_checkpoint
+from diagnostics._provenance import data_hash, parameter_hash
+from diagnostics.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint
 from diagnostics.datasets import dataset_info, load_dataset, subset_indices
 from diagnostics.models import build_model
 
-__all__ = ["AnalysisSetup", "analysis_setup", "batches"]
+__all__ = ["AnalysisSetup", "analysis_setup", "batches", "resolve_checkpoint"]
+
+_EXPECTED = "expected a .pt checkpoint written by `lanczos-optim train`, or its run folder"
+# torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol byte.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 @dataclass
@@ -35,6 +41,45 @@ def batches(dataset: Dataset, batch_size: int) -> list[tuple[Tensor, Tensor]]:
     return [(x, y) for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
 
 
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint file named by ``path``: the file itself, or a run folder's latest.
+
+    Only the file's first bytes are read, so that a text file (``stats.jsonl``, a JSON) or any
+    other non-checkpoint gets a clear message before torch tries to unpickle it.
+
+    Raises:
+        FileNotFoundError: No such file or folder, or a folder without ``checkpoint-*.pt``.
+        ValueError: A file that is not a torch checkpoint.
+    """
+    p = Path(path)
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is None:
+            raise FileNotFoundError(
+                f"Folder {str(p)!r} holds no checkpoint-*.pt file; {_EXPECTED}."
+            )
+        return found
+    if not p.is_file():
+        raise FileNotFoundError(f"Checkpoint {str(p)!r} does not exist; {_EXPECTED}.")
+    with p.open("rb") as handle:
+        head = handle.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise ValueError(f"{str(p)!r} is not a checkpoint (not a torch file); {_EXPECTED}.")
+    return p
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        return dict(read_checkpoint(path).get("meta") or {})
+    except ValueError as err:
+        if "weights_only" not in str(err) and "Weights only" not in str(err):
+            raise
+        raise ValueError(
+            f"{str(path)!r} is not a lanczos-optim checkpoint: it holds Python objects that are "
+            f"not loaded for safety; {_EXPECTED}."
+        ) from None
+
+
 def analysis_setup(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -49,7 +94,8 @@ def analysis_setup(
     """Build the model (trained weights from ``checkpoint``, else a seeded initialisation).
 
     Args:
-        checkpoint: A training checkpoint; its ``meta`` names the model and data set.
+        checkpoint: A training checkpoint, or a run folder (its latest checkpoint); its
+            ``meta`` names the model and data set.
         model: Model name when there is no checkpoint (default ``"mlp"``).
         dataset: Data set name (default: the checkpoint's, else ``"digits"``).
         data_path: Folder of the data files.
@@ -59,15 +105,18 @@ def analysis_setup(
         dtype: Floating dtype of model and inputs.
 
     Returns:
-        The :class:`AnalysisSetup`.
+        The :class:`AnalysisSetup`; ``meta["provenance"]`` identifies checkpoint, weights,
+        model and data (see :mod:`diagnostics._provenance`).
 
     Raises:
-        FileNotFoundError: A missing checkpoint or data.
-        ValueError: Unknown names, or a checkpoint that does not fit the rebuilt model.
+        FileNotFoundError: A missing checkpoint or data, or a folder without checkpoints.
+        ValueError: Unknown names, a file that is not a checkpoint, or a checkpoint that does
+            not fit the rebuilt model.
     """
     meta: dict[str, Any] = {}
     if checkpoint is not None:
-        meta = dict(read_checkpoint(checkpoint).get("meta") or {})
+        checkpoint = resolve_checkpoint(checkpoint)
+        meta = _read_meta(checkpoint)
         if "model" not in meta:
             raise ValueError(f"Checkpoint {str(checkpoint)!r} does not record its model name.")
         model = model or meta["model"]
@@ -100,5 +149,12 @@ def analysis_setup(
         "model": model,
         "dataset": dataset,
         "checkpoint": str(checkpoint) if checkpoint else None,
+    }
+    info["provenance"] = {
+        **info,
+        "param_hash": parameter_hash(net),
+        "num_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "subset": subset,
+        "data_hash": data_hash(splits[0]),
     }
     return AnalysisSetup(net, nn.CrossEntropyLoss(), splits[0], splits[1], {**meta, **info})

@@ -70,6 +70,55 @@ class SpectrumSummaries:
                 keep[idx[np.argmin(np.abs(self.ritz_values[idx]))]] = False
         return float(self.weights[keep].sum())
 
+    def nearest_zero(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Ritz value nearest zero of each probe and its weight in the combined measure.
+
+        Returns:
+            ``(values, weights)``, one entry per probe.
+        """
+        idx = []
+        for j in range(self.num_probes):
+            in_probe = np.flatnonzero(self.probe == j)
+            idx.append(in_probe[np.argmin(np.abs(self.ritz_values[in_probe]))])
+        return self.ritz_values[idx], self.weights[idx]
+
+    def negative_mass_report(self) -> tuple[str, str]:
+        """Two lines for people: the negative mass without the Ritz value nearest zero, then raw.
+
+        The first (the headline) is the mass that stands for genuinely negative eigenvalues;
+        the second the raw mass and how much of it sits on the Ritz value nearest zero, which
+        stands for the spike of eigenvalues at zero (paper, section 7.1).
+
+        Example:
+            >>> import numpy as np
+            >>> from diagnostics.spectrum import Spectrum
+            >>> s = Spectrum({"ritz_values": np.array([-0.5, -0.004, 2.0]),
+            ...     "weights": np.array([0.01, 0.74, 0.25]), "residuals": np.zeros(3),
+            ...     "probe": np.zeros(3, int), "alpha": np.zeros(3), "beta": np.zeros(2),
+            ...     "probe_num_steps": np.array([3]), "probe_residual_norm": np.zeros(1)},
+            ...     {"num_params": 10})
+            >>> s.negative_mass_report()[0]
+            'negative mass 0.010 without the Ritz value nearest 0'
+        """
+        values, weights = self.nearest_zero()
+        raw = self.negative_mass()
+        one = values.size == 1
+        nearest = "the Ritz value nearest 0" if one else "the Ritz values nearest 0"
+        headline = (
+            f"negative mass {self.negative_mass(exclude_nearest_zero=True):.3f} without {nearest}"
+        )
+        if not (values < 0).any():
+            shown = f"{values[0]:.2g}" if one else f"{values.min():.2g} to {values.max():.2g}"
+            return headline, f"raw negative mass {raw:.3f}; {nearest} ({shown}) is not negative"
+        where = (
+            f"the Ritz value {values[0]:.2g} nearest 0"
+            if one
+            else f"the {values.size} Ritz values nearest 0 (one per probe, "
+            f"{values.min():.2g} to {values.max():.2g})"
+        )
+        on_zero = float(weights[values < 0].sum())
+        return headline, f"raw negative mass {raw:.3f}, {on_zero:.3f} of it on {where}"
+
     def probe_traces(self) -> np.ndarray:
         r"""Per-probe trace estimates :math:`P \sum_i \gamma^{(j)}_i \theta^{(j)}_i`.
 

@@ -30,16 +30,47 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default in the help only where there is one (not None, not a False flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _analysis_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model and data")
-    src.add_argument("--checkpoint", help="training checkpoint (its meta names model and data)")
+    src.add_argument(
+        "--checkpoint",
+        help="training checkpoint, or a run folder (its latest checkpoint); its meta names "
+        "model and data",
+    )
     src.add_argument("--model", help="model name without a checkpoint (default: mlp)")
     src.add_argument("--dataset", help="data set (default: the checkpoint's, else digits)")
     src.add_argument("--data-path", help="folder with the data files")
-    src.add_argument("--subset", type=int, default=1024, help="samples used (default: 1024)")
-    src.add_argument("--batch-size", type=int, default=256)
-    src.add_argument("--seed", type=int, default=0)
+    src.add_argument("--subset", type=int, default=1024, help="samples used")
+    src.add_argument("--batch-size", type=int, default=256, help="batch size of the passes")
+    src.add_argument("--seed", type=int, default=0, help="seed of subset, probes, initialisation")
     src.add_argument("--float64", action="store_true", help="analyse in float64")
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "--out",
+        help="result file (default: beside the checkpoint, else a new file under results/)",
+    )
+    out.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _plot_args(
+    p: argparse.ArgumentParser,
+    *,
+    log: bool | None = True,
+    log_help: str | None = "logarithmic spectral-mass axis",
+) -> None:
+    if log_help is not None:
+        p.add_argument("--log", action=argparse.BooleanOptionalAction, default=log, help=log_help)
+    p.add_argument("--title", help="figure title (default: curvature, model, data, steps)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,11 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--spectrum-every", type=int, help="log a Hessian spectrum every N epochs")
 
-    p = sub.add_parser("spectrum", help="Lanczos spectrum (stem plot) of the Hessian or GGN")
+    analysis = {"formatter_class": _Defaults}
+    p = sub.add_parser(
+        "spectrum", help="Lanczos spectrum (stem plot) of the Hessian or GGN", **analysis
+    )
     _analysis_args(p)
+    _plot_args(p)
     p.add_argument("--curvature", default="hessian", help="hessian or ggn")
-    p.add_argument("--steps", type=int, default=50, help="Lanczos steps (default 50)")
-    p.add_argument("--probes", type=int, default=1, help="random probes (default 1)")
+    p.add_argument("--steps", type=int, default=50, help="Lanczos steps")
+    p.add_argument("--probes", type=int, default=1, help="random probes")
     p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
     p.add_argument("--save-eigvec", action="store_true", help="keep Ritz vectors (landscape)")
     p.add_argument(
@@ -100,39 +135,53 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep every batch's graph between Lanczos steps (faster; memory of all batches)",
     )
-    p.add_argument("--out", default="results/spectrum.npz")
 
-    p = sub.add_parser("stats", help="loss, gradient and curvature variance statistics")
+    p = sub.add_parser("stats", help="loss, gradient and curvature variance statistics", **analysis)
     _analysis_args(p)
-    p.add_argument("--bn-mode", default="eval")
-    p.add_argument("--probes", type=int, default=1)
-    p.add_argument("--out", default="results/stats.json")
+    p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
+    p.add_argument("--probes", type=int, default=1, help="random unit probes")
 
-    p = sub.add_parser("landscape", help="loss along Ritz vectors of a saved spectrum")
+    p = sub.add_parser("landscape", help="loss along Ritz vectors of a saved spectrum", **analysis)
     _analysis_args(p)
-    p.add_argument("--spectrum", required=True, help="spectrum .npz saved with --save-eigvec")
-    p.add_argument("--top", default="0,1,2,5", help="ranks from the top (default 0,1,2,5)")
+    _plot_args(p, log_help=None)
+    p.add_argument(
+        "--spectrum", required=True, help="spectrum .npz saved with --save-eigvec (same model)"
+    )
+    p.add_argument("--top", default="0,1,2,5", help="ranks from the top")
     p.add_argument("--bottom", default="0,1,2,5", help="ranks from the bottom")
-    p.add_argument("--dist", type=float, default=1.0)
-    p.add_argument("--n-points", type=int, default=21)
-    p.add_argument("--bn-mode", default="eval")
-    p.add_argument("--out", default="results/landscape.npz")
+    p.add_argument("--dist", type=float, default=1.0, help="largest step along a direction")
+    p.add_argument("--n-points", type=int, default=21, help="steps per direction")
+    p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
 
-    p = sub.add_parser("diagonal", help="BackPACK diagonals compared with a Lanczos spectrum")
+    p = sub.add_parser(
+        "diagonal", help="BackPACK diagonals compared with a Lanczos spectrum", **analysis
+    )
     _analysis_args(p)
-    p.add_argument("--kinds", default="diag_ggn_exact,diag_ggn_mc,diag_hessian")
+    _plot_args(p)
+    p.add_argument(
+        "--kinds", default="diag_ggn_exact,diag_ggn_mc,diag_hessian", help="diagonals to compute"
+    )
     p.add_argument("--spectrum", help="spectrum .npz to compare against")
     p.add_argument(
         "--hutchinson-fallback",
         action="store_true",
         help="estimate the diagonal by Hutchinson for models BackPACK refuses",
     )
-    p.add_argument("--bn-mode", default="eval")
-    p.add_argument("--out", default="results/diagonal.npz")
+    p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
 
-    p = sub.add_parser("plot", help="plot a result file (spectrum, landscape, diagonal, stats)")
-    p.add_argument("input", help="a .npz result file or a training stats.jsonl")
-    p.add_argument("--out", help="image path (.png or .pdf; default: beside the input)")
+    p = sub.add_parser(
+        "plot", help="plot result files (spectrum, landscape, diagonal, stats, training runs)",
+        **analysis,
+    )  # fmt: skip
+    p.add_argument(
+        "input",
+        nargs="+",
+        help="a .npz result file, a stats .json of `stats`, or one or more training "
+        "stats.jsonl files (overlaid, e.g. SGD vs LanczosNewton)",
+    )
+    p.add_argument("--out", help="image path (.png or .pdf; default: beside the first input)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing image")
+    _plot_args(p, log=None, log_help="logarithmic y axis (None: spectra yes, training curves no)")
 
     p = sub.add_parser("demo", help="the offline end-to-end demo on digits (a few minutes)")
     p.add_argument("--out", default="results/demo")

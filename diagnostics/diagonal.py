@@ -14,10 +14,12 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from diagnostics._progress import progress_bar
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
 from lanczos_optim.operators import GGNOperator, HessianOperator
 from lanczos_optim.operators._base import LossFn, check_data, iterate_batches
@@ -166,6 +168,7 @@ def _backpack_diagonal(
     ext: object,
     bn_mode: str,
     seed: int | None,
+    bar: Any,
 ) -> Tensor:
     from backpack import backpack
 
@@ -179,6 +182,7 @@ def _backpack_diagonal(
         if seed is not None:
             torch.manual_seed(seed)
         for x, y, n in iterate_batches(data, params[0].device, params[0].dtype):
+            bar.update()
             with backpack(ext):
                 loss_fn(net(x), y).backward()
             parts = [getattr(p, field, torch.zeros_like(p)).reshape(-1) for p in params]
@@ -202,6 +206,7 @@ def diagonal_approximations(
     mc_samples: int = 1,
     seed: int | None = None,
     hutchinson_samples: int = 100,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     r"""Diagonals of the data-set GGN and Hessian, through BackPACK (Dangel et al., 2020).
 
@@ -230,6 +235,8 @@ def diagonal_approximations(
         mc_samples: Monte-Carlo samples per backward pass for ``diag_ggn_mc``.
         seed: Seed for the MC samples and Hutchinson probes (global RNG state is preserved).
         hutchinson_samples: Probes of the Hutchinson fallback.
+        progress: Show a progress bar of the batches of each BackPACK pass on stderr (only
+            when it is a terminal).
 
     Returns:
         ``{kind: flat diagonal [P]}`` in the parameters' dtype.
@@ -275,8 +282,12 @@ def diagonal_approximations(
         refused = graph_refusals + _refused(net, loss_fn, ext, bn_mode)
         detail = ""
         if not refused:
+            total = len(data) if hasattr(data, "__len__") else None
             try:
-                out[kind] = _backpack_diagonal(net, bp_loss, data, clones, ext, bn_mode, seed)
+                with progress_bar(total, kind, enabled=progress, unit="batch") as bar:
+                    out[kind] = _backpack_diagonal(
+                        net, bp_loss, data, clones, ext, bn_mode, seed, bar
+                    )
                 continue
             except Exception as exc:
                 culprit = _backpack_culprit(exc, net, bp_loss)

@@ -14,6 +14,7 @@ import lanczos_optim
 from diagnostics._landscape_directions import resolve_directions, select_directions
 from diagnostics._landscape_eval import evaluate, filter_normalize, preserved_state, set_point
 from diagnostics._landscape_result import Landscape
+from diagnostics._progress import progress_bar
 from diagnostics.spectrum import CURVATURES, Spectrum
 from lanczos_optim import GGNOperator, HessianOperator
 from lanczos_optim._model_state import curvature_mode
@@ -59,6 +60,7 @@ def build_loss_landscape(
     plane: bool | tuple[int, int] = False,
     curvature: str | None = None,
     params: Iterable[Tensor] | None = None,
+    progress: bool = False,
 ) -> Landscape:
     r"""Evaluate loss and accuracy at :math:`w + t v` along directions, beside the quadratic model.
 
@@ -98,6 +100,8 @@ def build_loss_landscape(
             ``"ggn"``: the :math:`C` of the quadratic model.
         params: Parameters to perturb (default: all with ``requires_grad``), in the order of the
             directions' entries.
+        progress: Show a progress bar of the points evaluated on stderr (only when it is a
+            terminal).
 
     Returns:
         A :class:`Landscape`.
@@ -150,16 +154,19 @@ def build_loss_landscape(
         pieces = [unflatten_vector(v, op.params) for v in vectors]
 
         counts = [0, 0]
+        total = k * n_points + (0 if pair is None else n_points**2)
+        bar = progress_bar(total, "landscape", enabled=progress, unit="point")
 
         def at(steps: list[tuple[float, list[Tensor]]]) -> tuple[float, float, float, float]:
             set_point(op.params, origin, steps)
+            bar.update()
             loss, acc, counts[0] = evaluate(model, loss_fn, op.data, op.dtype, op.device)
             if test is None:
                 return loss, acc, math.nan, math.nan
             test_loss, test_acc, counts[1] = evaluate(model, loss_fn, test, op.dtype, op.device)
             return loss, acc, test_loss, test_acc
 
-        with curvature_mode(model, bn_mode):
+        with bar, curvature_mode(model, bn_mode):
             lines = np.array([[at([(s, pieces[i])]) for s in t] for i in range(k)])
             grid = None
             if pair is not None:

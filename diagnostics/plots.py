@@ -7,8 +7,6 @@ and, given ``path`` (``.png`` or ``.pdf``), also saves it atomically.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +14,8 @@ from matplotlib.figure import Figure
 
 from diagnostics._plot_base import check_path, finish, new_figure
 from diagnostics._plot_landscape import plot_landscape, plot_landscape_2d
+from diagnostics._plot_stats import plot_statistics
+from diagnostics._plot_training import plot_runs, plot_training_curves, rows_to_history
 
 __all__ = [
     "plot_runs",
@@ -24,10 +24,53 @@ __all__ = [
     "plot_landscape",
     "plot_landscape_2d",
     "plot_spectrum",
+    "plot_statistics",
     "plot_training_curves",
+    "spectrum_title",
 ]
 
 _COLORS = {"lanczos": "tab:red", "exact": "tab:blue", "diagonal": "goldenrod"}
+_CURVATURE = {"hessian": ("Hessian", "tab:red"), "ggn": ("GGN", "tab:purple")}
+DIAGONALS = {
+    "diag_ggn_exact": "exact GGN diagonal",
+    "diag_ggn_mc": "Monte-Carlo GGN diagonal",
+    "diag_hessian": "Hessian diagonal",
+}
+
+
+def spectrum_title(spectrum: Any, diagonal_label: str | None = None) -> str:
+    r"""A two-line title naming curvature, then model, data and Lanczos steps from ``meta``.
+
+    Example:
+        >>> class S:
+        ...     meta = {"curvature": "ggn", "num_params": 4810, "num_samples": 96,
+        ...             "lanczos_steps": 12, "provenance": {"model": "mlp", "dataset": "digits"}}
+        >>> spectrum_title(S())
+        'GGN spectrum\nmlp on digits (96 samples), 12 Lanczos steps'
+    """
+    meta = getattr(spectrum, "meta", None) or {}
+    prov = meta.get("provenance") or {}
+    name = _CURVATURE.get(meta.get("curvature"), ("Lanczos", ""))[0]
+    head = f"{name} spectrum"
+    if diagonal_label:
+        head += f" vs {DIAGONALS.get(diagonal_label, diagonal_label)}"
+    model = prov.get("model")
+    if not model and "num_params" in meta:
+        model = f"{meta['num_params']:,} parameters"
+    data = prov.get("dataset")
+    samples = f"{meta['num_samples']} samples" if meta.get("num_samples") else None
+    what = " on ".join(p for p in (model, data) if p)
+    if samples:
+        what = f"{what} ({samples})" if data else ", ".join(p for p in (what, samples) if p)
+    steps = meta.get("lanczos_steps")
+    probes = meta.get("num_probes") or 1
+    parts = [what] if what else []
+    if steps:
+        parts.append(f"{steps} Lanczos steps" + (f" x {probes} probes" if probes > 1 else ""))
+    checkpoint = prov.get("checkpoint")
+    if checkpoint:
+        parts.append(os.path.basename(checkpoint))
+    return head + ("\n" + ", ".join(parts) if parts else "")
 
 
 def _as_1d(name: str, values: Any) -> np.ndarray:
@@ -64,14 +107,18 @@ def plot_spectrum(
     *,
     exact: Any = None,
     diagonal: Any = None,
+    diagonal_label: str | None = None,
     bins: int = 50,
-    log: bool = False,
+    log: bool = True,
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
     r"""Stem plot of a discrete spectral measure, as in the paper's figures 2-8.
 
     Each Ritz value :math:`\theta_i` gets a stem of height :math:`w_i`; the stems sum to 1.
+    The mass axis is logarithmic by default: the spike at zero typically holds most of the
+    mass, and the outliers that matter have weights orders of magnitude smaller. Hessian stems
+    are red, GGN stems purple, and the default title names curvature, model, data and steps.
     Optional histograms of the exact eigenvalues and of a diagonal approximation share the
     same bins, each bar the *fraction* of values in its bin (the bars also sum to 1), so that
     the three are comparable on one axis (figures 5-7).
@@ -82,9 +129,12 @@ def plot_spectrum(
             ``(nodes, weights)``; weights are divided by their sum.
         exact: Optional exact eigenvalues.
         diagonal: Optional diagonal entries (e.g. a BackPACK diagonal GGN).
+        diagonal_label: Which diagonal it is, for legend and title: a kind of
+            :func:`~diagnostics.diagonal.diagonal_approximations` (``"diag_ggn_exact"``, ...)
+            or any text.
         bins: Number of histogram bins.
-        log: Logarithmic mass axis (to see outliers next to a spike at zero).
-        title: Optional title.
+        log: Logarithmic mass axis (default; ``False`` for a linear one).
+        title: Title; ``None`` builds one with :func:`spectrum_title`, ``""`` leaves none.
         path: Optional ``.png``/``.pdf`` file to save to.
 
     Returns:
@@ -112,7 +162,8 @@ def plot_spectrum(
     fig = new_figure()
     ax = fig.add_subplot()
     edges = np.histogram_bin_edges(np.concatenate([nodes, *hists.values()]), bins=bins)
-    labels = {"exact": "eigenvalues (histogram)", "diagonal": "diagonal (histogram)"}
+    diag_name = DIAGONALS.get(diagonal_label, diagonal_label) if diagonal_label else "diagonal"
+    labels = {"exact": "eigenvalues (histogram)", "diagonal": f"{diag_name} (histogram)"}
     for name, values in hists.items():
         ax.hist(
             values,
@@ -122,18 +173,22 @@ def plot_spectrum(
             alpha=0.45,
             label=labels[name],
         )
-    bottom = weights.min() / 10 if log else 0.0
-    stems = ax.stem(nodes, weights, linefmt=_COLORS["lanczos"], basefmt=" ", bottom=bottom)
-    stems.markerline.set_color(_COLORS["lanczos"])
+    meta = getattr(spectrum, "meta", None) or {}
+    name, color = _CURVATURE.get(meta.get("curvature"), ("", _COLORS["lanczos"]))
+    bottom = max(weights.min() / 10, 1e-16) if log else 0.0
+    stems = ax.stem(nodes, weights, linefmt=color, basefmt=" ", bottom=bottom)
+    stems.markerline.set_color(color)
     stems.markerline.set_markersize(4)
-    stems.set_label(f"Lanczos ({nodes.size} Ritz values)")
+    stems.set_label(f"Lanczos{' ' + name if name else ''} ({nodes.size} Ritz values)")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(r"eigenvalue $\lambda$")
-    ax.set_ylabel("spectral mass")
+    ax.set_ylabel("spectral mass" + (" (log scale)" if log else ""))
     ax.legend(frameon=False)
+    if title is None:
+        title = spectrum_title(spectrum, diagonal_label if diagonal is not None else None)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
     return finish(fig, target)
 
 
@@ -186,138 +241,4 @@ def plot_density(
     ax.legend(frameon=False)
     if title:
         ax.set_title(title)
-    return finish(fig, target)
-
-
-_SPLIT = re.compile(r"^(train|test|val|valid|validation)_(.+)$")
-
-
-def plot_training_curves(
-    history: Mapping[str, Sequence[float]],
-    *,
-    x: str | None = None,
-    logy: bool = False,
-    path: str | os.PathLike[str] | None = None,
-) -> Figure:
-    """Training curves, one panel per metric; ``train_loss`` and ``test_loss`` share a panel.
-
-    Keys ``<split>_<metric>`` (split: train, test, val, valid, validation) are grouped by
-    metric; any other key gets its own panel.
-
-    Args:
-        history: Metric name -> values per epoch or step (NaN for gaps).
-        x: Key of the x values; default ``"epoch"`` or ``"step"`` if present, else 1, 2, ...
-        logy: Logarithmic y axes for panels whose metric contains ``"loss"``.
-        path: Optional ``.png``/``.pdf`` file to save to.
-
-    Returns:
-        The figure.
-
-    Raises:
-        ValueError: On an empty history, an unknown ``x`` or series whose length differs from
-            the x values.
-
-    Example:
-        >>> fig = plot_training_curves({"epoch": [1, 2], "train_loss": [1.0, 0.5],
-        ...                             "test_loss": [1.1, 0.7]})
-        >>> [line.get_label() for line in fig.axes[0].lines]
-        ['train_loss', 'test_loss']
-    """
-    target = check_path(path)
-    if x is None:
-        x = next((k for k in ("epoch", "step") if k in history), None)
-    elif x not in history:
-        raise ValueError(f"x={x!r} is not a key of history; keys: {sorted(history)}.")
-    series = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in history.items() if k != x}
-    if not series:
-        raise ValueError("history has no series to plot.")
-    xs = None if x is None else np.asarray(history[x], dtype=np.float64)
-    groups: dict[str, list[str]] = {}
-    for key, values in series.items():
-        if xs is not None and values.shape != xs.shape:
-            raise ValueError(f"history[{key!r}] has {values.size} values but {x!r} has {xs.size}.")
-        match = _SPLIT.match(key)
-        groups.setdefault(match.group(2) if match else key, []).append(key)
-    cols = min(len(groups), 3)
-    rows = -(-len(groups) // cols)
-    fig = new_figure(4.0 * cols, 3.0 * rows)
-    for n, (metric, keys) in enumerate(groups.items()):
-        ax = fig.add_subplot(rows, cols, n + 1)
-        for key in keys:
-            xv = xs if xs is not None else np.arange(1, series[key].size + 1)
-            ax.plot(xv, series[key], marker="o" if xv.size < 30 else None, ms=3, label=key)
-        if logy and "loss" in metric:
-            ax.set_yscale("log")
-        ax.set_title(metric)
-        ax.set_xlabel(x or "index")
-        ax.legend(frameon=False, fontsize="small")
-    return finish(fig, target)
-
-
-def rows_to_history(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
-    """Turn per-epoch rows (``stats.jsonl``, ``TrainResult.history``) into metric -> values.
-
-    Missing values and ``None`` become NaN; non-numeric entries are dropped.
-
-    Example:
-        >>> rows_to_history([{"epoch": 1, "test_acc": None}, {"epoch": 2, "test_acc": 0.5}])
-        {'epoch': [1.0, 2.0], 'test_acc': [nan, 0.5]}
-    """
-    keys = [k for k in dict.fromkeys(k for row in rows for k in row)]
-    out: dict[str, list[float]] = {}
-    for key in keys:
-        values = [row.get(key) for row in rows]
-        if all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
-        ):
-            out[key] = [float("nan") if v is None else float(v) for v in values]
-    return out
-
-
-def plot_runs(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]],
-    *,
-    metrics: Sequence[str] = ("train_loss", "test_loss", "test_acc"),
-    x: str = "epoch",
-    path: str | os.PathLike[str] | None = None,
-) -> Figure:
-    """Compare training runs: one panel per metric, one line per run (e.g. SGD vs LanczosNewton).
-
-    Args:
-        runs: Run label -> per-epoch rows (``TrainResult.history`` or ``stats.jsonl`` rows).
-        metrics: Row keys to plot, one panel each.
-        x: Row key of the x axis.
-        path: Optional ``.png``/``.pdf`` file to save to.
-
-    Returns:
-        The figure.
-
-    Raises:
-        ValueError: On no runs, or a metric no run has.
-
-    Example:
-        >>> fig = plot_runs({"a": [{"epoch": 1, "train_loss": 1.0}]}, metrics=["train_loss"])
-        >>> fig.axes[0].lines[0].get_label()
-        'a'
-    """
-    target = check_path(path)
-    if not runs:
-        raise ValueError("runs is empty; give at least one run's rows.")
-    histories = {label: rows_to_history(rows) for label, rows in runs.items()}
-    for metric in metrics:
-        if not any(metric in h for h in histories.values()):
-            raise ValueError(
-                f"No run has metric {metric!r}; "
-                f"available: {sorted(set().union(*histories.values()))}."
-            )
-    fig = new_figure(4.0 * len(metrics), 3.2)
-    for n, metric in enumerate(metrics):
-        ax = fig.add_subplot(1, len(metrics), n + 1)
-        for label, hist in histories.items():
-            if metric in hist:
-                xs = hist.get(x, list(range(1, len(hist[metric]) + 1)))
-                ax.plot(xs, hist[metric], marker="o", ms=3, label=label)
-        ax.set_title(metric)
-        ax.set_xlabel(x)
-        ax.legend(frameon=False, fontsize="small")
     return finish(fig, target)

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 import lanczos_optim
 from diagnostics._io import load_npz, save_npz
+from diagnostics._progress import progress_bar
+from diagnostics._provenance import parameter_hash
 from diagnostics._spectrum_summary import SpectrumSummaries
 from lanczos_optim import GGNOperator, HessianOperator, LanczosResult, lanczos
 
@@ -54,7 +56,9 @@ class Spectrum(SpectrumSummaries):
             ``probe_values(0)``), in the model's dtype, or ``None``.
         meta: Metadata: ``num_params``, ``curvature``, ``bn_mode``, ``lanczos_steps``,
             ``num_probes``, ``seed``, ``num_samples``, ``wall_time_s``, ``tol``, ``dtype``,
-            ``breakdown`` (per probe), ``versions`` (torch, numpy, lanczos_optim).
+            ``param_hash`` (:func:`~diagnostics._provenance.parameter_hash` of the model),
+            ``breakdown`` (per probe), ``versions`` (torch, numpy, lanczos_optim), and from
+            the command line ``provenance`` (checkpoint, model, data set, subset, hashes).
     """
 
     def __init__(
@@ -196,6 +200,11 @@ class Spectrum(SpectrumSummaries):
             raise ValueError(f"{str(path)!r}: {exc}") from exc
 
 
+def _advance(bar: Any, start: int) -> Callable[[int], None]:
+    """Lanczos callback moving ``bar`` to ``start + step``."""
+    return lambda step: bar.update(start + step - bar.n)
+
+
 def _check_int(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
@@ -216,6 +225,7 @@ def compute_eigenspectrum(
     params: Iterable[Tensor] | None = None,
     tol: float | None = None,
     cache_graphs: bool | None = None,
+    progress: bool = False,
 ) -> Spectrum:
     r"""Estimate the spectrum of the Hessian or GGN of a model's loss by Lanczos quadrature.
 
@@ -243,6 +253,8 @@ def compute_eigenspectrum(
         cache_graphs: Keep every batch's autograd graph across the Lanczos steps so that a
             product is one backward pass (see :class:`~lanczos_optim.HessianOperator`); costs
             the memory of all the batches' graphs. Default: only when ``data`` is one batch.
+        progress: Show a progress bar of the Lanczos steps of all probes on stderr (only when
+            it is a terminal).
 
     Returns:
         A :class:`Spectrum`.
@@ -277,12 +289,23 @@ def compute_eigenspectrum(
     gen = torch.Generator().manual_seed(seed_value)
     start = time.perf_counter()
     results = []
-    for j in range(probes):
-        v0 = torch.randn(dim, generator=gen, dtype=torch.float64, device="cpu").to(
-            op.device, op.dtype
-        )
-        vectors = save_eigvec and j == 0
-        results.append(lanczos(op, steps, v0=v0, tol=tol, compute_vectors=vectors))
+    desc = f"Lanczos ({curvature})"
+    with progress_bar(probes * steps, desc, enabled=progress, unit="step") as bar:
+        for j in range(probes):
+            v0 = torch.randn(dim, generator=gen, dtype=torch.float64, device="cpu")
+            v0 = v0.to(op.device, op.dtype)
+            vectors = save_eigvec and j == 0
+            results.append(
+                lanczos(
+                    op,
+                    steps,
+                    v0=v0,
+                    tol=tol,
+                    compute_vectors=vectors,
+                    callback=_advance(bar, j * steps),
+                )
+            )
+            bar.update((j + 1) * steps - bar.n)  # a probe that stopped early counts as done
     wall = time.perf_counter() - start
     op.clear_cache()
     meta = {
@@ -295,5 +318,6 @@ def compute_eigenspectrum(
         "wall_time_s": wall,
         "tol": tol,
         "dtype": str(op.dtype).removeprefix("torch."),
+        "param_hash": parameter_hash(model),
     }
     return Spectrum.from_lanczos(results, num_params=dim, **meta)

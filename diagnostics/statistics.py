@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from diagnostics._progress import progress_bar
 from lanczos_optim._graph_products import check_scalar_loss, ggn_product, hessian_product
 from lanczos_optim._loss_hessian import output_hessian_product
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
@@ -153,6 +154,7 @@ def loss_statistics(
     curvature: Sequence[str] = CURVATURES,
     seed: int | None = None,
     params: Iterable[Tensor] | None = None,
+    progress: bool = False,
 ) -> LossStatistics:
     r"""Loss, gradient and curvature statistics over the mini-batches of ``data``.
 
@@ -177,6 +179,7 @@ def loss_statistics(
         curvature: Any of ``"hessian"`` and ``"ggn"``; empty to skip curvature.
         seed: Seed of the probes (``None``: fresh randomness).
         params: Parameters to use (default: all trainable parameters).
+        progress: Show a progress bar of the batches on stderr (only when it is a terminal).
 
     Returns:
         A :class:`LossStatistics`.
@@ -214,8 +217,11 @@ def loss_statistics(
     loss_m, grad_m = _WeightedMoments(), _WeightedMoments()
     curv_m = {c: [_WeightedMoments() for _ in range(num_probes)] for c in curvature}
     num_batches = 0
-    with torch.enable_grad(), curvature_mode(model, bn_mode):
+    total = len(data) if hasattr(data, "__len__") else None
+    bar = progress_bar(total, "statistics", enabled=progress, unit="batch")
+    with bar, torch.enable_grad(), curvature_mode(model, bn_mode):
         for x, y, n in iterate_batches(data, device, dtype):
+            bar.update()
             loss, grad, prods = _curvature_products(
                 model, loss_fn, x, y, chosen, probe_lists, curvature
             )

@@ -11,13 +11,17 @@ from lanczos_optim.lanczos import LanczosResult
 
 
 def lanczos_many(
-    matmat: Callable[[Tensor], Tensor], starts: Tensor, num_steps: int
+    matmat: Callable[[Tensor], Tensor],
+    starts: Tensor,
+    num_steps: int,
+    callback: Callable[[int], None] | None = None,
 ) -> list[LanczosResult]:
     """Run one fully reorthogonalised Lanczos recurrence per column of ``starts`` ``[P, K]``.
 
     Every step multiplies the operator onto all still-active columns at once, which lets an
     operator share work between columns (the Hessian operator reuses one forward and one
     backward pass per batch for all of them). Each column breaks down independently.
+    ``callback(j)``, if given, is called after lock-step ``j`` (1, 2, ...).
     """
     dim, k = starts.shape
     dtype, device = starts.dtype, starts.device
@@ -59,6 +63,8 @@ def lanczos_many(
             if float(beta[c]) <= eps ** (2 / 3) * float(anorm[c]):
                 steps[c] = j + 1
                 active.remove(c)
+        if callback is not None:
+            callback(j + 1)
         if not active:
             break
         v_prev, v = v, torch.where(beta.to(dtype) > 0, w / beta.clamp_min(1e-300).to(dtype), 0 * w)

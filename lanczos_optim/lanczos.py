@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -133,6 +134,7 @@ def lanczos(
     device: torch.device | str | None = None,
     basis_device: torch.device | str | None = None,
     basis_dtype: torch.dtype | None = None,
+    callback: Callable[[int], None] | None = None,
 ) -> LanczosResult:
     r"""Run ``num_steps`` Lanczos steps on a symmetric operator.
 
@@ -175,6 +177,9 @@ def lanczos(
             The recurrence, the current vectors and the reorthogonalisation arithmetic stay in
             the operator's dtype; only the stored copies are rounded, so orthogonality holds to
             the storage precision. Memory of the basis: ``m * P * bytes(basis_dtype)``.
+        callback: Called as ``callback(j)`` after step ``j`` (1, 2, ...), once the step's
+            product is done, including a last step that breaks down or converges; e.g. to
+            advance a progress bar.
 
     Returns:
         A :class:`LanczosResult`.
@@ -244,6 +249,8 @@ def lanczos(
             raise FloatingPointError(
                 f"Lanczos step {j + 1}: the operator returned non-finite values."
             )
+        if callback is not None:
+            callback(j + 1)
         if beta <= eps ** (2 / 3) * anorm:
             breakdown = True
             beta_prev = beta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -98,6 +99,7 @@ def spectral_density(
     dim: int | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    callback: Callable[[int], None] | None = None,
 ) -> SpectralDensity:
     r"""Estimate the spectral density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -121,6 +123,8 @@ def spectral_density(
         dim: Dimension of a callable operator.
         dtype: Dtype of a callable operator.
         device: Device of a callable operator.
+        callback: Called as ``callback(j)`` after each Lanczos step, ``j`` counting the steps
+            of the current probe (with ``batch_probes``, the lock-steps of all probes).
 
     Returns:
         A :class:`SpectralDensity`.
@@ -148,7 +152,7 @@ def spectral_density(
         batch_probes = op.matmat is not None and num_probes > 1 and reorthogonalize
     if batch_probes:
         matmat = op.matmat or (lambda m: torch.stack([op.matvec(c) for c in m.T], dim=1))
-        results = lanczos_many(matmat, torch.stack(starts, dim=1), num_steps)
+        results = lanczos_many(matmat, torch.stack(starts, dim=1), num_steps, callback)
     else:
         results = [
             lanczos(
@@ -159,6 +163,7 @@ def spectral_density(
                 dim=op.dim,
                 dtype=op.dtype,
                 device=op.device,
+                callback=callback,
             )
             for v0 in starts
         ]

@@ -198,7 +198,7 @@ def test_training_curves_grouped() -> None:
         "lr": [0.1, 0.05, 0.01],
     }
     fig = plot_training_curves(history, logy=True)
-    assert [ax.get_title() for ax in fig.axes] == ["loss", "acc", "lr"]
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy", "learning rate"]
     assert [ax.get_yscale() for ax in fig.axes] == ["log", "linear", "linear"]
     for ax in fig.axes:
         for line in ax.lines:
@@ -273,3 +273,97 @@ def test_save_errors_leave_existing_file(
 def test_spectrum_bad_input(arg: object, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         plot_spectrum(arg)
+
+
+# Issue 11, item 7: what the figures show by default.
+
+
+def _spectrum_with_meta(curvature: str) -> Spectrum:
+    a = torch.diag(torch.tensor([-1.0, 0.0, 0.5, 2.0, 9.0], dtype=torch.float64))
+    run = lanczos(a, 5, generator=torch.Generator().manual_seed(0))
+    prov = {"model": "mlp", "dataset": "digits", "checkpoint": "runs/a/checkpoint-00005.pt"}
+    return Spectrum.from_lanczos(
+        [run],
+        num_params=5,
+        curvature=curvature,
+        lanczos_steps=5,
+        num_samples=96,
+        provenance=prov,
+    )
+
+
+def test_spectrum_plot_is_log_scaled_and_titled_by_default() -> None:
+    fig = plot_spectrum(_spectrum_with_meta("ggn"))
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert ax.get_title() == (
+        "GGN spectrum\nmlp on digits (96 samples), 5 Lanczos steps, checkpoint-00005.pt"
+    )
+    assert plot_spectrum(_spectrum_with_meta("ggn"), log=False).axes[0].get_yscale() == "linear"
+    assert plot_spectrum(_spectrum_with_meta("ggn"), title="mine").axes[0].get_title() == "mine"
+    assert plot_spectrum(_spectrum_with_meta("ggn"), title="").axes[0].get_title() == ""
+
+
+def test_hessian_and_ggn_stems_differ_in_colour_and_label() -> None:
+    hess, ggn = (_stems(plot_spectrum(_spectrum_with_meta(c))) for c in ("hessian", "ggn"))
+    assert hess.markerline.get_color() != ggn.markerline.get_color()
+    assert "Hessian" in hess.get_label()
+    assert "GGN" in ggn.get_label()
+
+
+def test_spectrum_without_metadata_still_gets_a_title(spectrum: Spectrum) -> None:
+    assert plot_spectrum(spectrum).axes[0].get_title().startswith("Lanczos spectrum\n5 parameters")
+
+
+def test_diagonal_plot_names_the_diagonal() -> None:
+    diag = RNG.uniform(-1, 9, size=5)
+    fig = plot_spectrum(_spectrum_with_meta("ggn"), diagonal=diag, diagonal_label="diag_ggn_mc")
+    assert "Monte-Carlo GGN diagonal" in fig.axes[0].get_title()
+    assert _bars(fig)[0].patches[0].get_label() == "Monte-Carlo GGN diagonal (histogram)"
+
+
+def test_training_curves_have_integer_epoch_ticks_and_a_title() -> None:
+    history = {"epoch": [1, 2, 3], "train_loss": [1.0, 0.6, 0.4], "test_acc": [0.5, 0.6, 0.7]}
+    fig = plot_training_curves(history, title="SGD on digits")
+    assert fig.get_suptitle() == "SGD on digits"
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks == [1, 2, 3]
+
+
+def test_runs_overlay_with_a_wall_clock_panel() -> None:
+    from diagnostics.plots import plot_runs
+
+    rows_a = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.1 / e, "time": 2.0} for e in (1, 2)]
+    rows_b = [{"epoch": e, "train_loss": 0.5 / e, "time": 10.0} for e in (1, 2)]
+    fig = plot_runs({"SGD": rows_a, "LanczosNewton": rows_b}, title="SGD vs LanczosNewton")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["train loss", "test loss", "train loss vs wall-clock time"]
+    clock = {line.get_label(): line.get_xdata() for line in fig.axes[-1].lines}
+    np.testing.assert_allclose(clock["SGD"], [2.0, 4.0])
+    np.testing.assert_allclose(clock["LanczosNewton"], [10.0, 20.0])
+    assert [line.get_label() for line in fig.axes[0].lines] == ["SGD", "LanczosNewton"]
+    assert fig.get_suptitle() == "SGD vs LanczosNewton"
+
+
+def test_statistics_plot_shows_mean_and_variance_per_quantity() -> None:
+    from diagnostics.plots import plot_statistics
+
+    stats = {"loss_mean": 2.0, "loss_var": 0.5, "grad_mean_sq_norm": 0.3, "grad_var": 3.0}
+    fig = plot_statistics(stats)
+    widths = [p.get_width() for p in fig.axes[0].patches]
+    assert widths == [4.0, 0.3, 0.5, 3.0]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["loss", "gradient"]
+    with pytest.raises(ValueError, match="none of the statistics"):
+        plot_statistics({"format": "lanczos-optim/stats"})
+
+
+def test_landscape_plot_is_titled_by_curvature_model_and_checkpoint() -> None:
+    ls = _landscape(True, True, False)
+    assert plot_landscape(ls).get_suptitle() == "Loss along directions"
+    ls.meta["spectrum"] = {"curvature": "ggn"}
+    ls.meta["provenance"] = {"model": "mlp", "dataset": "digits", "checkpoint": "r/c-3.pt"}
+    assert plot_landscape(ls).get_suptitle() == "Loss along GGN Ritz vectors: mlp on digits, c-3.pt"
+    assert plot_landscape(ls, title="mine").get_suptitle() == "mine"

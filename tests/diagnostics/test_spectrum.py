@@ -309,3 +309,40 @@ def test_load_bad_file(tmp_path: Path, damage: str) -> None:
         match = "Inconsistent spectrum arrays"
     with pytest.raises(ValueError, match=match):
         Spectrum.load(path)
+
+
+# Issue 11, item 5: the negative mass people read first leaves out the Ritz value nearest 0.
+
+
+def _measure(values: list[float], weights: list[float], probes: list[int]) -> Spectrum:
+    n, d = len(values), max(probes) + 1
+    arrays = {
+        "ritz_values": np.array(values),
+        "weights": np.array(weights),
+        "residuals": np.zeros(n),
+        "probe": np.array(probes),
+        "alpha": np.zeros(n),
+        "beta": np.zeros(n - d),
+        "probe_num_steps": np.bincount(probes),
+        "probe_residual_norm": np.zeros(d),
+    }
+    return Spectrum(arrays, {"num_params": 100})
+
+
+def test_negative_mass_report_leads_with_the_mass_without_the_spike_at_zero():
+    s = _measure([-0.3, -0.0043, 1.0], [0.008, 0.742, 0.25], [0, 0, 0])
+    headline, raw = s.negative_mass_report()
+    assert headline == "negative mass 0.008 without the Ritz value nearest 0"
+    assert raw == "raw negative mass 0.750, 0.742 of it on the Ritz value -0.0043 nearest 0"
+    np.testing.assert_array_equal(s.nearest_zero()[0], [-0.0043])
+
+
+def test_negative_mass_report_with_several_probes_and_a_positive_nearest_value():
+    s = _measure([-0.2, 0.001, 2.0, -0.01, 3.0], [0.1, 0.3, 0.1, 0.35, 0.15], [0, 0, 0, 1, 1])
+    headline, raw = s.negative_mass_report()
+    assert headline == "negative mass 0.100 without the Ritz values nearest 0"
+    assert raw.startswith("raw negative mass 0.450, 0.350 of it on the 2 Ritz values nearest 0")
+    positive = _measure([0.001, 2.0], [0.9, 0.1], [0, 0])
+    assert positive.negative_mass_report()[1] == (
+        "raw negative mass 0.000; the Ritz value nearest 0 (0.001) is not negative"
+    )
