@@ -14,6 +14,34 @@ from torch import Tensor
 Product = Callable[[Sequence[Tensor]], list[Tensor]]
 
 
+class BatchedProduct:
+    """A curvature product ``v -> C v`` that can also multiply several vectors in one pass.
+
+    :meth:`many` runs one vmapped backward pass (``is_grads_batched=True``) for all columns;
+    if an operation of the graph has no batching rule, it falls back to one pass per column
+    (and stays there).
+    """
+
+    def __init__(self, one: Product, batched: Callable[[list[Tensor]], list[Tensor]]) -> None:
+        self._one, self._batched = one, batched
+        self.vmapped = True
+
+    def __call__(self, vs: Sequence[Tensor]) -> list[Tensor]:
+        return self._one(vs)
+
+    def many(self, columns: Sequence[Sequence[Tensor]]) -> list[list[Tensor]]:
+        """Products with each column (a list of parameter-shaped tensors)."""
+        if len(columns) > 1 and self.vmapped:
+            stacked = [torch.stack(vs) for vs in zip(*columns, strict=True)]
+            try:
+                out = self._batched(stacked)
+            except (RuntimeError, NotImplementedError):  # no batching rule for an operation
+                self.vmapped = False
+            else:
+                return [[t[k] for t in out] for k in range(len(columns))]
+        return [self._one(col) for col in columns]
+
+
 def _fill(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
 
@@ -30,7 +58,7 @@ def check_scalar_loss(loss: object) -> Tensor:
     return loss
 
 
-def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor], Product]:
+def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor], BatchedProduct]:
     r"""Differentiate ``loss`` once with ``create_graph`` and return its gradient and ``v -> H v``.
 
     Each product is one backward pass through the gradient's graph (Pearlmutter's trick by
@@ -55,7 +83,24 @@ def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor
         )
         return _fill(hv, params)
 
-    return _fill([None if g is None else g.detach() for g in grads], params), product
+    def batched(vs: list[Tensor]) -> list[Tensor]:
+        k = vs[0].shape[0]
+        if not live:
+            return [p.new_zeros((k, *p.shape)) for p in params]
+        hv = torch.autograd.grad(
+            [grads[i] for i in live],
+            params,
+            grad_outputs=[vs[i] for i in live],
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        return [
+            p.new_zeros((k, *p.shape)) if h is None else h for h, p in zip(hv, params, strict=True)
+        ]
+
+    detached = _fill([None if g is None else g.detach() for g in grads], params)
+    return detached, BatchedProduct(product, batched)
 
 
 def ggn_product(
@@ -63,7 +108,7 @@ def ggn_product(
     outputs: Tensor,
     params: Sequence[Tensor],
     output_hessian: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[list[Tensor], Product]:
+) -> tuple[list[Tensor], BatchedProduct]:
     r"""Return :math:`J^\top \nabla_f \ell` and ``v -> J^T H_l J v`` on the graph of ``outputs``.
 
     The returned gradient is the part of the loss's gradient that flows through ``outputs``
@@ -90,12 +135,14 @@ def ggn_product(
     )
     live = [i for i, g in enumerate(jt_dummy) if g is not None and g.requires_grad]
 
-    def h_out(u: Tensor) -> Tensor:
+    def h_out(u: Tensor, batched: bool = False) -> Tensor:
         if output_hessian is not None:
-            return output_hessian(u)
+            return torch.vmap(output_hessian)(u) if batched else output_hessian(u)
         if not g_out.requires_grad:
             return torch.zeros_like(u)
-        (hu,) = torch.autograd.grad(g_out, outputs, grad_outputs=u, retain_graph=True)
+        (hu,) = torch.autograd.grad(
+            g_out, outputs, grad_outputs=u, retain_graph=True, is_grads_batched=batched
+        )
         return hu
 
     def product(vs: Sequence[Tensor]) -> list[Tensor]:
@@ -112,4 +159,28 @@ def ggn_product(
         )
         return _fill(gv, params)
 
-    return _fill([None if g is None else g.detach() for g in grads], params), product
+    def batched(vs: list[Tensor]) -> list[Tensor]:
+        k = vs[0].shape[0]
+        if not live:
+            return [p.new_zeros((k, *p.shape)) for p in params]
+        (jv,) = torch.autograd.grad(
+            [jt_dummy[i] for i in live],
+            dummy,
+            grad_outputs=[vs[i] for i in live],
+            retain_graph=True,
+            is_grads_batched=True,
+        )
+        gv = torch.autograd.grad(
+            outputs,
+            params,
+            grad_outputs=h_out(jv, batched=True),
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        return [
+            p.new_zeros((k, *p.shape)) if g is None else g for g, p in zip(gv, params, strict=True)
+        ]
+
+    detached = _fill([None if g is None else g.detach() for g in grads], params)
+    return detached, BatchedProduct(product, batched)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from lanczos_optim._linear_operator import as_matvec
+from lanczos_optim._block_lanczos import block_lanczos
+from lanczos_optim._linear_operator import _MatVec, as_matvec
 from lanczos_optim.lanczos import lanczos
 
 __all__ = ["TRANSFORMS", "KrylovSolveInfo", "krylov_solve"]
@@ -182,6 +184,51 @@ def _check_args(v: object, lanczos_steps: object, damping: object, transform: ob
         raise ValueError(f"Invalid transform: {transform!r}; expected one of {TRANSFORMS}.")
 
 
+def _check_block_size(block_size: object) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"Invalid block_size value: {block_size!r} (must be an int >= 1).")
+    return block_size
+
+
+def _start_block(
+    first: Tensor | None, dim: int, width: int, like: Tensor, gen: torch.Generator | None
+) -> Tensor:
+    """``[P, width]`` start block: ``first`` (if given) then Gaussian columns from ``gen``."""
+    draws = width - (first is not None)
+    gdev = gen.device if gen is not None else torch.device("cpu")
+    cols = torch.randn(dim, draws, generator=gen, dtype=like.dtype, device=gdev).to(like.device)
+    if first is None:
+        return cols
+    return torch.cat([first.detach().to(like.dtype)[:, None], cols], dim=1)
+
+
+class _Timed:
+    """Wraps operator calls and adds up their wall-clock seconds (CUDA synchronised)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds = 0.0
+        self._device = device if device.type == "cuda" else None
+
+    def wrap(self, fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        def timed(w: Tensor) -> Tensor:
+            if self._device is not None:
+                torch.cuda.synchronize(self._device)
+            t0 = time.perf_counter()
+            out = fn(w)
+            if self._device is not None:
+                torch.cuda.synchronize(self._device)
+            self.seconds += time.perf_counter() - t0
+            return out
+
+        return timed
+
+
+def _matmat_of(op: _MatVec) -> Callable[[Tensor], Tensor]:
+    if op.matmat is not None:
+        return op.matmat
+    return lambda m: torch.stack([op.matvec(m[:, k]) for k in range(m.shape[1])], dim=1)
+
+
 def krylov_solve(
     operator: object,
     v: Tensor,
@@ -192,6 +239,7 @@ def krylov_solve(
     v0: Tensor | str | None = None,
     generator: torch.Generator | None = None,
     return_info: bool = False,
+    block_size: int = 1,
 ) -> Tensor | tuple[Tensor, KrylovSolveInfo]:
     r"""Damped inverse-curvature-vector product from ``lanczos_steps`` Lanczos steps.
 
@@ -236,6 +284,13 @@ def krylov_solve(
             bounds, the share of ``v`` in the Krylov space, the quadratic model's terms, the
             number of clipped values and of products, timings) that can
             :meth:`~KrylovSolveInfo.apply` the same solve to other vectors.
+        block_size: Products per Krylov step (block Lanczos). With ``b > 1`` the start block
+            is the start vector and ``b - 1`` Gaussian columns from ``generator``, and each
+            step multiplies ``b`` vectors at once (the operator's ``matmat``: one batched pass
+            where the operator batches, e.g. a vmapped backward), so the ``lanczos_steps``
+            Krylov dimensions take ``lanczos_steps / b`` sequential steps. The space differs
+            from plain Lanczos (it is not the Krylov space of the start vector alone); with
+            ``lanczos_steps = P`` both are exact. Default 1: plain Lanczos.
 
     Returns:
         ``d`` with ``v``'s shape, dtype and device; with ``return_info``, ``(d, info)``.
@@ -266,6 +321,7 @@ def krylov_solve(
     """
     start = time.perf_counter()
     _check_args(v, lanczos_steps, damping, transform)
+    _check_block_size(block_size)
     damping = float(damping)
     if not isinstance(v0, (Tensor, type(None))) and v0 != "random":
         raise ValueError(f"v0 must be None, 'random' or a tensor; got {v0!r}.")
@@ -296,42 +352,49 @@ def krylov_solve(
         d = torch.zeros_like(v)
         return (d, info) if return_info else d
 
-    product_seconds = 0.0
-    sync = v.is_cuda
-
-    def timed(w: Tensor) -> Tensor:
-        nonlocal product_seconds
-        if sync:
-            torch.cuda.synchronize(v.device)
-        t0 = time.perf_counter()
-        out = op.matvec(w)
-        if sync:
-            torch.cuda.synchronize(v.device)
-        product_seconds += time.perf_counter() - t0
-        return out
-
+    timer = _Timed(v.device)
     in_span = v0 is None
-    res = lanczos(
-        timed,
-        min(lanczos_steps, op.dim),
-        v0=v if in_span else (None if isinstance(v0, str) else v0),
-        generator=generator,
-        compute_vectors=True,
-        dim=op.dim,
-        dtype=op.dtype,
-        device=op.device,
-    )
-    u = res.ritz_vectors
-    if u is None:  # pragma: no cover - compute_vectors=True always returns them
-        raise RuntimeError("lanczos returned no Ritz vectors.")
-    d, info = _solve_in_basis(
-        res.ritz_values, u, damping, transform, v, in_span=in_span, vnorm2=vnorm2
-    )
-    info.weights = res.weights
-    info.residuals = res.residuals
-    info.num_products = res.num_steps
-    info.breakdown = res.breakdown
-    info.product_seconds = product_seconds
+    if block_size > 1:
+        first = v if in_span else (v0 if isinstance(v0, Tensor) else None)
+        width = min(block_size, op.dim)
+        matmat = timer.wrap(_matmat_of(op))
+        start_block = _start_block(first, op.dim, width, v, generator)
+        if op.sync is not None:  # distributed: every rank starts from rank 0's block
+            start_block = torch.stack([op.sync(start_block[:, k]) for k in range(width)], dim=1)
+        block = block_lanczos(matmat, start_block, min(lanczos_steps, op.dim))
+        d, info = _solve_in_basis(
+            block.ritz_values,
+            block.ritz_vectors,
+            damping,
+            transform,
+            v,
+            in_span=in_span,
+            vnorm2=vnorm2,
+        )
+        info.weights, info.residuals = block.weights, block.residuals
+        info.num_products, info.breakdown = block.num_products, block.breakdown
+    else:
+        res = lanczos(
+            timer.wrap(op.matvec),
+            min(lanczos_steps, op.dim),
+            v0=v if in_span else (None if isinstance(v0, str) else v0),
+            generator=generator,
+            compute_vectors=True,
+            dim=op.dim,
+            dtype=op.dtype,
+            device=op.device,
+        )
+        u = res.ritz_vectors
+        if u is None:  # pragma: no cover - compute_vectors=True always returns them
+            raise RuntimeError("lanczos returned no Ritz vectors.")
+        d, info = _solve_in_basis(
+            res.ritz_values, u, damping, transform, v, in_span=in_span, vnorm2=vnorm2
+        )
+        info.weights = res.weights
+        info.residuals = res.residuals
+        info.num_products = res.num_steps
+        info.breakdown = res.breakdown
+    info.product_seconds = timer.seconds
     info.total_seconds = time.perf_counter() - start
     if not bool(torch.isfinite(d).all()):
         raise FloatingPointError("krylov_solve produced a non-finite result.")

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lanczos_optim._graph_products import Product, ggn_product, hessian_product
+from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_product
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
 
@@ -153,6 +153,9 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
     seed = hp["seed"]
     if seed is not None and (not _is_int(seed) or seed < 0):
         raise ValueError(f"Invalid seed: {seed!r} (must be None or an int >= 0)")
+    block = hp.get("block_size", 1)
+    if not _is_int(block) or block < 1:
+        raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
 
 
 def _world_size() -> int:
@@ -197,6 +200,42 @@ def _graph_leaves(root: Any, stop: Any = None) -> tuple[set[int], bool]:
     return found, reached_stop
 
 
+class _ClosureCurvature:
+    """The curvature of the closure's graph (plus weight decay) as a flat linear operator.
+
+    Products are averaged over ``torch.distributed`` ranks; :meth:`matmat` multiplies several
+    vectors in one vmapped backward pass where the graph allows it.
+    """
+
+    def __init__(self, product: BatchedProduct, live: list[Tensor], wd: float, like: Tensor):
+        self._product, self._live, self._wd = product, live, wd
+        self.shape = (like.numel(), like.numel())
+        self.dtype, self.device = like.dtype, like.device
+        self.sync_vector = _rank0_vector if _world_size() > 1 else None
+
+    def _finish(self, out: Tensor, v: Tensor) -> Tensor:
+        out = _mean_over_ranks(out)
+        return out + self._wd * v if self._wd != 0.0 else out
+
+    def matvec(self, v: Tensor) -> Tensor:
+        with torch.enable_grad():
+            out = flatten_tensors(self._product(unflatten_vector(v, self._live)))
+        return self._finish(out, v)
+
+    def matmat(self, m: Tensor) -> Tensor:
+        columns = [unflatten_vector(m[:, k], self._live) for k in range(m.shape[1])]
+        with torch.enable_grad():
+            prods = self._product.many(columns)
+        return self._finish(torch.stack([flatten_tensors(p) for p in prods], dim=1), m)
+
+
+def _rank0_vector(v: Tensor) -> Tensor:
+    """Rank 0's copy of ``v`` on every rank."""
+    v = v.clone()
+    dist.broadcast(v, src=0)
+    return v
+
+
 class _LanczosNewtonBase(Optimizer):
     """Shared base of :class:`LanczosNewton` and :class:`LanczosSaddleFreeNewton`."""
 
@@ -219,6 +258,7 @@ class _LanczosNewtonBase(Optimizer):
         update_every: int,
         max_step_norm: float | None,
         seed: int | None,
+        block_size: int = 1,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -231,10 +271,16 @@ class _LanczosNewtonBase(Optimizer):
             "update_every": update_every,
             "max_step_norm": max_step_norm,
             "seed": seed,
+            "block_size": block_size,
         }
         _validate(type(self).__name__, defaults)
         super().__init__(params, defaults)
         self.last_info: StepInfo | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # state dicts saved before block_size existed
+            group.setdefault("block_size", 1)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -418,7 +464,7 @@ class _LanczosNewtonBase(Optimizer):
             or state.get("basis_params") != index
             or state.get("basis_age", 0) + 1 >= every
         )
-        product: Product | None = None
+        product: BatchedProduct | None = None
         try:
             with torch.enable_grad():
                 if refresh and use_ggn:
@@ -466,13 +512,10 @@ class _LanczosNewtonBase(Optimizer):
                 if product is None:  # pragma: no cover - set above whenever refresh
                     raise RuntimeError("internal error: no curvature product.")
 
-                def matvec(v: Tensor) -> Tensor:
-                    with torch.enable_grad():
-                        out = _mean_over_ranks(flatten_tensors(product(unflatten_vector(v, live))))
-                    return out + wd * v if wd != 0.0 else out
-
+                curvature = _ClosureCurvature(product, live, wd, flat_g)
+                block = int(group.get("block_size", 1))
                 random = group["krylov_start"] == "random"
-                gen = self._generator(state, group["seed"]) if random else None
+                gen = self._generator(state, group["seed"]) if random or block > 1 else None
                 start: str | Tensor | None = "random" if random else None
                 if random and world > 1:  # every rank starts from rank 0's random vector
                     start = torch.randn(
@@ -481,7 +524,7 @@ class _LanczosNewtonBase(Optimizer):
                     dist.broadcast(start, src=0)
                 try:
                     d, kinfo = krylov_solve(
-                        matvec,
+                        curvature,
                         flat_g,
                         int(group["lanczos_steps"]),
                         damping,
@@ -489,6 +532,7 @@ class _LanczosNewtonBase(Optimizer):
                         v0=start,
                         generator=gen,
                         return_info=True,
+                        block_size=block,
                     )
                 except FloatingPointError:
                     return self._skip(state, info, "non-finite curvature", loss)

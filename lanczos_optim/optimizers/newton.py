@@ -123,6 +123,12 @@ class LanczosNewton(_LanczosNewtonBase):
         seed: Seed of the optimiser's own generator for ``krylov_start="random"``; ``None``
             (default) derives it from ``torch.initial_seed()``, so ``torch.manual_seed`` fixes
             the draws without the optimiser consuming the global random stream.
+        block_size: Curvature products per Krylov step (block Lanczos, default 1). With
+            ``b > 1`` the Krylov space starts from the gradient and ``b - 1`` random
+            directions, and each step multiplies ``b`` vectors in one vmapped backward pass
+            (``is_grads_batched``), so the ``lanczos_steps`` dimensions take
+            ``lanczos_steps / b`` sequential passes: a speed-up where one batch does not fill
+            the device (GPUs); on the CPU a vmapped pass costs about as much as the loop.
 
     Raises:
         ValueError: On an invalid hyperparameter, several parameter groups, mixed dtypes or
@@ -164,6 +170,7 @@ class LanczosNewton(_LanczosNewtonBase):
         update_every: int = 1,
         max_step_norm: float | None = 1.0,
         seed: int | None = None,
+        block_size: int = 1,
     ) -> None:
         super().__init__(
             params,
@@ -177,4 +184,5 @@ class LanczosNewton(_LanczosNewtonBase):
             update_every=update_every,
             max_step_norm=max_step_norm,
             seed=seed,
+            block_size=block_size,
         )
