@@ -114,7 +114,9 @@ def test_krylov_solve_uses_the_operators_matmat_once_per_block():
 
     class Op:
         shape, dtype, device = (10, 10), F64, torch.device("cpu")
-        widths: list[int] = []
+
+        def __init__(self):
+            self.widths: list[int] = []
 
         def matvec(self, v):
             raise AssertionError("a block run must use matmat")
