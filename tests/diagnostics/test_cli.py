@@ -290,3 +290,20 @@ def test_ctrl_c_keeps_progress_and_resume_continues_the_wandb_run(tmp_path, monk
     runs = _offline_runs(out)
     assert len(runs) == 2
     assert {r.stem for r in runs} == {f"run-{run_id}"}  # the same W&B run, continued
+
+
+def test_sigterm_exit_status(monkeypatch, capsys):
+    import signal
+
+    from diagnostics import _commands
+    from diagnostics.training import TrainingInterrupted
+
+    def stopped(args):
+        raise TrainingInterrupted(
+            "stopped by SIGTERM after 1 epochs", signum=signal.SIGTERM, checkpoint=None,
+            epochs_done=1, batches_done=0,
+        )  # fmt: skip
+
+    monkeypatch.setattr(_commands, "run_train", stopped)
+    assert main(["train"]) == 128 + signal.SIGTERM
+    _one_line_error(capsys, "lanczos-optim train: interrupted: stopped by SIGTERM")

@@ -414,3 +414,20 @@ def test_checkpoint_every_epoch_by_default_keeping_the_last_ones(tmp_path: Path)
     ]  # fmt: skip
     with pytest.raises(ValueError, match="keep_checkpoints must be an int >= 0; got -1"):
         train_network(epochs=1, keep_checkpoints=-1, **common)
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path, digits: tuple) -> None:
+    class Twice(Callback):
+        def on_step(self, step: TrainingStep) -> None:
+            if (step.epoch, step.batch) == (1, 0):
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        train_network(
+            model="mlp", dataset=digits[0], epochs=2, batch_size=16, progress=False,
+            checkpoint_dir=tmp_path, callbacks=[Twice()],
+        )  # fmt: skip
+    assert not isinstance(info.value, TrainingInterrupted)
+    assert not list(tmp_path.glob("checkpoint-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -304,6 +304,7 @@ def test_interrupted_run_is_marked_and_resumed_with_the_same_id(wandb_dir):
     assert summary["interrupted_checkpoint"].endswith("checkpoint-00004-b00002.pt")
     (exit_record,) = _records(run_file, "exit")
     assert exit_record.exit_code == 255
+    assert list(_records(run_file, "run")[-1].tags) == ["interrupted"]
 
     second = WandbLogger(mode="offline", run_id=run_id)
     assert second.run_id == run_id
