@@ -111,8 +111,9 @@ class EpochSpectra(Callback):
             bn_mode=self.bn_mode,
             seed=epoch,
         )
+        lr = float(metrics.get("lr", optimizer.param_groups[0]["lr"]))  # the harness: lr used
         spectrum.meta["epoch"] = epoch
-        spectrum.meta["lr"] = float(metrics["lr"])
+        spectrum.meta["lr"] = lr
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / spectrum_filename(epoch)
@@ -121,4 +122,4 @@ class EpochSpectra(Callback):
         else:
             self.spectra[epoch] = spectrum
         if self.logger is not None:
-            self.logger.log_epoch_spectrum(spectrum, float(metrics["lr"]), optimizer)
+            self.logger.log_epoch_spectrum(spectrum, lr, optimizer)

@@ -2,10 +2,20 @@
 
 **Output folder** (``checkpoint_dir``): ``stats.jsonl`` (one JSON object per epoch, the whole
 file rewritten atomically after every epoch) and ``checkpoint-00042.pt`` files every
-``checkpoint_every`` epochs and after the last one (format: :mod:`diagnostics.checkpoint`; the
-``meta`` entry records the model name and keyword arguments, input shape and class count, so the
-network can be rebuilt with :func:`diagnostics.models.build_model`). A folder that already holds
-results is refused unless ``resume`` or ``overwrite`` is given.
+``checkpoint_every`` epochs (default: every epoch) and after the last one, of which the newest
+``keep_checkpoints`` (default 3) are kept (format: :mod:`diagnostics.checkpoint`; the ``meta``
+entry records the model name and keyword arguments, input shape and class count, the optimiser
+keyword arguments and learning rate actually used, so the network can be rebuilt with
+:func:`diagnostics.models.build_model`). A folder that already holds results is refused unless
+``resume`` or ``overwrite`` is given.
+
+**Interruption.** While training, the first SIGINT (Ctrl-C) or SIGTERM stops after the current
+batch: the progress is saved atomically (mid-epoch: ``checkpoint-00004-b00012.pt``, 4 epochs and
+12 batches, whose ``meta["partial_epoch"]`` holds the epoch's running sums and the loader's
+generator state at the epoch's start; at an epoch's end: that epoch's checkpoint), the
+callbacks' ``on_interrupt`` hooks run, and :class:`TrainingInterrupted` (a
+``KeyboardInterrupt``) is raised. Resuming from that checkpoint continues the epoch bit for bit.
+A second signal raises ``KeyboardInterrupt`` at once.
 
 **History row** (``TrainResult.history``, ``stats.jsonl``, ``on_epoch_end``): ``epoch`` (from 1),
 ``lr`` (used during the epoch), ``train_loss``, ``train_acc`` (running means over the epoch's
@@ -15,12 +25,15 @@ without a test set), ``time`` (seconds).
 **Callback protocol.** ``callbacks`` is a sequence of objects with any of these methods
 (subclassing :class:`Callback` is optional; missing methods are skipped):
 
+- ``on_train_start(config: dict)`` once, after every argument is checked, with the ``meta`` of
+  the checkpoints (resolved optimiser keyword arguments, ...) and ``resumed_from``.
 - ``on_step(step: TrainingStep)`` after every optimiser step: epoch, global step, batch loss
   and accuracy, learning rate, ``optimizer_info`` (``optimizer.last_info``: Ritz values,
   products, ... for the Lanczos optimisers; ``None`` otherwise), the model and the optimiser.
 - ``on_epoch_end(epoch: int, metrics: dict, model, optimizer)`` after every epoch, before its
   checkpoint is written (so random numbers a callback draws are part of the saved state).
 - ``on_train_end(result: TrainResult)`` once at the end.
+- ``on_interrupt(interrupted: TrainingInterrupted)`` on SIGINT/SIGTERM, after saving.
 
 **Resume** (``resume=`` a checkpoint or its folder) restores model, optimiser, schedulers, SWA
 state, history and every RNG (torch, CUDA, numpy, Python, the loader's shuffling generator), so

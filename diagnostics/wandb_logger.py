@@ -327,7 +327,8 @@ class WandbLogger(Callback):
                 bn_mode=self.bn_mode,
                 seed=epoch,
             )
-            self.log_epoch_spectrum(spectrum, float(metrics["lr"]), optimizer)
+            lr = metrics.get("lr", optimizer.param_groups[0]["lr"])  # the harness gives the lr used
+            self.log_epoch_spectrum(spectrum, float(lr), optimizer)
 
     def log_epoch_spectrum(
         self, spectrum: Any, lr: float, optimizer: torch.optim.Optimizer, prefix: str = "spectrum"
