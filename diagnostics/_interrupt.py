@@ -54,7 +54,8 @@ class StopRequest:
 def deferred_signals() -> Iterator[StopRequest]:
     """While active, the first SIGINT/SIGTERM only sets the request; a second one interrupts.
 
-    Outside the main thread (where handlers cannot be installed) nothing is deferred. The previous
+    Outside the main thread (where handlers cannot be installed) nothing is deferred, and a signal
+    the process ignores (``SIG_IGN``, e.g. SIGINT under ``nohup``) stays ignored. The previous
     handlers are restored on exit.
 
     Yields:
@@ -70,7 +71,11 @@ def deferred_signals() -> Iterator[StopRequest]:
             raise KeyboardInterrupt
         request.signum = signum
 
-    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig in _SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield request
     finally:

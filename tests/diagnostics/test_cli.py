@@ -262,7 +262,18 @@ class _SignalAt:
 
 
 def test_ctrl_c_keeps_progress_and_resume_continues_the_wandb_run(tmp_path, monkeypatch, capsys):
+    import signal
+
     import diagnostics.training as training
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        _ctrl_c_then_resume(tmp_path, monkeypatch, capsys, training)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _ctrl_c_then_resume(tmp_path, monkeypatch, capsys, training):
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     real = training.train_network

@@ -323,6 +323,24 @@ def test_default_hyperparameters_learn_and_are_recorded(tmp_path: Path) -> None:
     assert resolve_hyperparameters("RMSprop", None, 0.3) == {"lr": 0.3}
 
 
+@pytest.fixture
+def default_signals() -> object:
+    """SIGINT and SIGTERM handled as in an interactive shell (a background job ignores SIGINT)."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def _handlers_restored() -> bool:
+    return (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    )
+
+
 class _Signal(Callback):
     """Sends a signal to this process at a given (epoch, batch) or at an epoch's end."""
 
@@ -347,6 +365,7 @@ class _Signal(Callback):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.usefixtures("default_signals")
 def test_signal_mid_epoch_saves_and_resume_is_bit_exact(
     tmp_path: Path, digits: tuple, signum: int
 ) -> None:
@@ -373,7 +392,7 @@ def test_signal_mid_epoch_saves_and_resume_is_bit_exact(
         signal.Signals(signum).name, 1, 3,
     )  # fmt: skip
     assert err.checkpoint == tmp_path / "b" / "checkpoint-00001-b00003.pt"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert _handlers_restored()
 
     torch.manual_seed(12)  # everything must come from the checkpoint
     spy2 = _Signal(signum, epoch=0, batch=0)
@@ -385,6 +404,7 @@ def test_signal_mid_epoch_saves_and_resume_is_bit_exact(
     assert [{k: v for k, v in row.items() if k != "time"} for row in resumed.history] == strip
 
 
+@pytest.mark.usefixtures("default_signals")
 def test_signal_at_epoch_end_saves_that_epoch(tmp_path: Path, digits: tuple) -> None:
     spy = _Signal(signal.SIGINT, epoch=2, batch=None)
     with pytest.raises(TrainingInterrupted, match="after 2 epochs; saved"):
@@ -416,6 +436,7 @@ def test_checkpoint_every_epoch_by_default_keeping_the_last_ones(tmp_path: Path)
         train_network(epochs=1, keep_checkpoints=-1, **common)
 
 
+@pytest.mark.usefixtures("default_signals")
 def test_a_second_signal_stops_at_once(tmp_path: Path, digits: tuple) -> None:
     class Twice(Callback):
         def on_step(self, step: TrainingStep) -> None:
@@ -430,4 +451,17 @@ def test_a_second_signal_stops_at_once(tmp_path: Path, digits: tuple) -> None:
         )  # fmt: skip
     assert not isinstance(info.value, TrainingInterrupted)
     assert not list(tmp_path.glob("checkpoint-*"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _handlers_restored()
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path: Path, digits: tuple) -> None:
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
+    try:
+        result = train_network(
+            model="mlp", dataset=digits[0], epochs=2, batch_size=16, progress=False,
+            checkpoint_dir=tmp_path, callbacks=[_Signal(signal.SIGINT, epoch=1, batch=0)],
+        )  # fmt: skip
+        assert [row["epoch"] for row in result.history] == [1, 2]  # not interrupted
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
