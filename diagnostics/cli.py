@@ -187,9 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the offline end-to-end demo on digits (a few minutes)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="results/demo")
+    p.add_argument("--out", default="results/demo", help="folder for every output")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    p.add_argument("--wandb", choices=("online", "offline", "disabled"))
+    p.add_argument(
+        "--wandb",
+        choices=("online", "offline", "disabled"),
+        help="W&B mode; None: online with an API key, else offline",
+    )
     return parser
 
 

@@ -200,6 +200,10 @@ def test_version_and_defaults_in_help(capsys):
     assert "--epochs EPOCHS epoch budget (default: 10)" in text
     assert "(0: last only) (default: 1)" in text
     assert "--download" in text
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out OUT folder for every output (default: results/demo)" in text
 
 
 def test_train_without_lr_learns_and_records_the_lr_used(tmp_path, monkeypatch, capsys):
