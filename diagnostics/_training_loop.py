@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from diagnostics._io import atomic_write
 from diagnostics.optimizers import train_step
 
-__all__ = ["Callback", "TrainingStep"]
+__all__ = ["Callback", "EpochTotals", "TrainingStep"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -57,6 +57,14 @@ class TrainingStep:
 class Callback:
     """Base class with no-op hooks; subclassing it is optional (any object with the hooks works)."""
 
+    def on_train_start(self, config: dict[str, Any]) -> None:
+        """Called once, after every argument is checked, with the run's resolved configuration.
+
+        ``config`` is the checkpoint's ``meta``: model, data set, optimiser with the keyword
+        arguments and learning rate actually used, schedule, epochs, ... and ``resumed_from``
+        (the checkpoint path or ``None``).
+        """
+
     def on_step(self, step: TrainingStep) -> None:
         """Called after every optimiser step."""
 
@@ -72,6 +80,13 @@ class Callback:
     def on_train_end(self, result: Any) -> None:
         """Called once with the :class:`~diagnostics.training.TrainResult`."""
 
+    def on_interrupt(self, interrupted: Any) -> None:
+        """Called on SIGINT/SIGTERM after the progress is saved, before training raises.
+
+        ``interrupted`` is the :class:`~diagnostics.training.TrainingInterrupted` about to be
+        raised (``signal_name``, ``checkpoint``, ``epochs_done``, ``batches_done``).
+        """
+
 
 def _hooks(callbacks: Sequence[object], name: str) -> list[Callable[..., Any]]:
     return [hook for cb in callbacks if callable(hook := getattr(cb, name, None))]
@@ -81,6 +96,27 @@ def _correct(outputs: Tensor, targets: Tensor) -> float:
     if outputs.ndim != 2 or targets.ndim != 1 or targets.is_floating_point():
         return math.nan
     return float((outputs.argmax(dim=1) == targets).sum())
+
+
+@dataclass
+class EpochTotals:
+    """Running sums of one epoch (saved in a mid-epoch checkpoint to continue it)."""
+
+    loss_sum: float = 0.0
+    correct_sum: float = 0.0
+    seen: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        """Sample-weighted mean loss so far."""
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy so far."""
+        return self.correct_sum / max(self.seen, 1)
 
 
 def run_epoch(
@@ -94,21 +130,32 @@ def run_epoch(
     global_step: int,
     callbacks: Sequence[object],
     progress: bool,
-) -> tuple[float, float, int]:
-    """Train one epoch; return the sample-weighted mean loss, accuracy, and the new step count."""
+    totals: EpochTotals | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> tuple[EpochTotals, int, bool]:
+    """Train one epoch; return its totals, the new step count and whether ``stop()`` ended it.
+
+    With ``totals`` of an interrupted epoch, its first ``totals.batches`` batches are drawn from
+    the loader (same order, no training) and skipped. ``stop()`` is polled after every batch.
+    """
     model.train()
     on_step = _hooks(callbacks, "on_step")
-    total_loss, total_correct, seen = 0.0, 0.0, 0
+    totals = EpochTotals() if totals is None else totals
+    skip = totals.batches
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
+    stopped = False
     for index, (inputs, targets) in enumerate(bar):
+        if index < skip:
+            continue
         inputs, targets = inputs.to(device), targets.to(device)
         lr = float(optimizer.param_groups[0]["lr"])
         loss, outputs = train_step(model, optimizer, loss_fn, inputs, targets)
         n = int(targets.shape[0])
         loss_value, correct = float(loss), _correct(outputs, targets)
-        total_loss += loss_value * n
-        total_correct += correct
-        seen += n
+        totals.loss_sum += loss_value * n
+        totals.correct_sum += correct
+        totals.seen += n
+        totals.batches += 1
         global_step += 1
         if on_step:
             record = TrainingStep(
@@ -126,8 +173,11 @@ def run_epoch(
             for hook in on_step:
                 hook(record)
         bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        if stop():
+            stopped = True
+            break
     bar.close()
-    return total_loss / max(seen, 1), total_correct / max(seen, 1), global_step
+    return totals, global_step, stopped
 
 
 @torch.no_grad()

@@ -19,9 +19,9 @@ from diagnostics.datasets import DATASETS, dataset_info, load_dataset
 from diagnostics.models import _canonical
 from diagnostics.schedules import SCHEDULES, build_schedule
 
-__all__: list[str] = []
+__all__ = ["ResultsExistError"]
 
-_HOOKS = ("on_step", "on_epoch_end", "on_train_end")
+_HOOKS = ("on_step", "on_epoch_end", "on_train_end", "on_train_start", "on_interrupt")
 
 
 def _is_int(x: object) -> bool:
@@ -30,7 +30,8 @@ def _is_int(x: object) -> bool:
 
 def check_arguments(args: Mapping[str, Any]) -> None:
     """Validate the plain arguments of ``train_network`` before any work is done."""
-    for name, low in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 0), ("seed", 0)):
+    ints = (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 0), ("keep_checkpoints", 0))
+    for name, low in (*ints, ("seed", 0)):
         if not _is_int(args[name]) or args[name] < low:
             raise ValueError(f"{name} must be an int >= {low}; got {args[name]!r}.")
     if args["subset"] is not None and (not _is_int(args["subset"]) or args["subset"] < 1):
@@ -75,6 +76,17 @@ def find_resume(resume: str | os.PathLike[str] | None) -> Path | None:
     return path
 
 
+class ResultsExistError(FileExistsError):
+    """The output folder already holds training results (``folder`` names it)."""
+
+    def __init__(self, folder: Path, resume: str = "resume=", overwrite: str = "overwrite=True"):
+        self.folder = folder
+        super().__init__(
+            f"{str(folder)!r} already holds training results; pass {resume} to continue them, "
+            f"{overwrite} to replace them, or another folder."
+        )
+
+
 def prepare_folder(
     folder: str | os.PathLike[str] | None, resume: Path | None, overwrite: bool, stats: str
 ) -> Path | None:
@@ -86,10 +98,7 @@ def prepare_folder(
         raise FileExistsError(f"Output folder {str(out)!r} is a file.")
     has_results = out.is_dir() and ((out / stats).exists() or latest_checkpoint(out) is not None)
     if resume is None and not overwrite and has_results:
-        raise FileExistsError(
-            f"{str(out)!r} already holds training results; pass resume= to continue them, "
-            "overwrite=True to replace them, or another folder."
-        )
+        raise ResultsExistError(out)
     return out
 
 
@@ -109,11 +118,13 @@ def load_data(
     root: str | os.PathLike[str] | None,
     subset: int | None,
     seed: int,
+    download: bool = False,
 ) -> tuple[Dataset, Dataset | None]:
     """Training and test sets: a named data set's two splits, or the given datasets."""
     if isinstance(dataset, str):
-        train = _take(load_dataset(dataset, train=True, root=root, seed=seed), subset, seed)
-        test = _take(load_dataset(dataset, train=False, root=root, seed=seed), subset, seed)
+        kw = {"root": root, "seed": seed, "download": download}
+        train = _take(load_dataset(dataset, train=True, **kw), subset, seed)
+        test = _take(load_dataset(dataset, train=False, **kw), subset, seed)
         return train, test
     if not isinstance(dataset, Dataset):
         raise TypeError(f"dataset must be a name or a torch Dataset; got {type(dataset).__name__}.")

@@ -61,6 +61,7 @@ __all__ = [
     "checkpoint_name",
     "latest_checkpoint",
     "load_checkpoint",
+    "prune_checkpoints",
     "read_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
@@ -68,19 +69,61 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "lanczos-optim/checkpoint"
 CHECKPOINT_VERSION = 1
-_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+_NAME = re.compile(r"^checkpoint-(\d+)(?:-b(\d+))?\.pt$")
 _PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.Size)
 
 
-def checkpoint_name(epoch: int) -> str:
-    """File name of the checkpoint after ``epoch`` epochs, e.g. ``checkpoint-00300.pt``."""
-    return f"checkpoint-{epoch:05d}.pt"
+def checkpoint_name(epoch: int, batch: int = 0) -> str:
+    """File name of the checkpoint after ``epoch`` epochs (and ``batch`` batches of the next).
+
+    Example:
+        >>> checkpoint_name(300), checkpoint_name(4, batch=12)
+        ('checkpoint-00300.pt', 'checkpoint-00004-b00012.pt')
+    """
+    return f"checkpoint-{epoch:05d}.pt" if batch == 0 else f"checkpoint-{epoch:05d}-b{batch:05d}.pt"
+
+
+def _checkpoints(folder: str | os.PathLike[str]) -> list[tuple[tuple[int, int], Path]]:
+    """The checkpoint files of ``folder`` with their ``(epoch, batch)`` progress, in order."""
+    found = []
+    for p in Path(folder).iterdir():
+        if m := _NAME.match(p.name):
+            found.append(((int(m.group(1)), int(m.group(2) or 0)), p))
+    return sorted(found)
 
 
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint with the highest epoch in ``folder`` (``None`` when there is none)."""
-    found = [(int(m.group(1)), p) for p in Path(folder).iterdir() if (m := _NAME.match(p.name))]
-    return max(found)[1] if found else None
+    """The checkpoint with the most progress in ``folder`` (``None`` when there is none).
+
+    Progress is the epoch, then the batch of a mid-epoch checkpoint (``checkpoint_name``).
+    """
+    found = _checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(folder: str | os.PathLike[str], keep: int, newest: Path) -> list[Path]:
+    """Delete the checkpoints of ``folder`` older than ``newest`` beyond the ``keep`` newest.
+
+    Checkpoints with more progress than ``newest`` (left by another run) are never touched.
+
+    Args:
+        folder: The output folder.
+        keep: How many checkpoints up to and including ``newest`` to keep (0: keep all).
+        newest: The checkpoint just written.
+
+    Returns:
+        The files deleted.
+    """
+    if keep <= 0:
+        return []
+    found = [p for _, p in _checkpoints(folder)]
+    names = [p.name for p in found]
+    if Path(newest).name not in names:
+        return []
+    older = found[: names.index(Path(newest).name) + 1][:-keep]
+    for path in older:
+        path.unlink(missing_ok=True)
+    return older
 
 
 def _check_plain(obj: Any, where: str) -> None:

@@ -39,6 +39,82 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lanczos-optim")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        import lanczos_optim
+
+        return lanczos_optim.__version__
+
+
+def _lr_help() -> str:
+    from diagnostics.optimizers import OPTIMIZERS, default_hyperparameters
+
+    shown = []
+    for name in OPTIMIZERS:
+        defaults = default_hyperparameters(name)
+        extra = "".join(f" {k} {v:g}" for k, v in defaults.items() if k != "lr")
+        shown.append(f"{name} {defaults['lr']:g}{' with' + extra if extra else ''}")
+    return (
+        "initial learning rate; None: the optimiser's default (" + ", ".join(shown) + "; other "
+        "torch.optim classes their own), recorded in the checkpoint and the W&B config"
+    )
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="mlp", help="mlp, small_cnn, vgg16, vgg16_bn, preresnet20..")
+    p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, mnist, cifar10..")
+    p.add_argument("--data-path", help="folder with the data files")
+    p.add_argument("--download", action="store_true", help="let torchvision download the data")
+    p.add_argument("--subset", type=int, help="train and test on this many samples")
+    p.add_argument("--epochs", type=int, default=10, help="epoch budget")
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        help="sgd, adam, lanczos_newton, lanczos_saddle_free or any torch.optim class name",
+    )
+    p.add_argument(
+        "--opt",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="optimiser keyword argument (repeatable), e.g. --opt momentum=0.9",
+    )
+    p.add_argument("--lr", type=float, help=_lr_help())
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    p.add_argument("--schedule", default="linear", help="linear (paper eq. 11), cosine, constant")
+    p.add_argument("--swa", action="store_true", help="stochastic weight averaging")
+    p.add_argument("--swa-start", type=int, help="first averaged epoch; None: 75%% of --epochs")
+    p.add_argument("--swa-lr", type=float, help="lr while averaging; None: 0.1 x the initial lr")
+    p.add_argument(
+        "--out", help="folder for checkpoints, stats, spectra; None: the --resume folder, else "
+        "results/train"
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint-every", type=int, default=1, help="checkpoint every N epochs (0: last only)"
+    )
+    p.add_argument(
+        "--keep-checkpoints", type=int, default=3, help="keep the N newest checkpoints (0: all)"
+    )
+    p.add_argument("--resume", help="checkpoint (or its folder) to continue from")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, subsets")
+    p.add_argument(
+        "--wandb",
+        choices=("online", "offline", "disabled"),
+        help="W&B mode; None: online with an API key, else offline",
+    )
+    p.add_argument(
+        "--spectrum-every",
+        type=int,
+        help="every N epochs, a Hessian spectrum on held-out data, saved under OUT/spectra/",
+    )
+
+
 def _analysis_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model and data")
     src.add_argument(
@@ -79,45 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lanczos-optim",
         description="Lanczos curvature of deep networks: train, spectra, statistics, "
         "landscapes, diagonal approximations, plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a network (any optimiser, SWA, checkpoints, W&B)")
-    p.add_argument("--model", default="mlp", help="mlp, small_cnn, vgg16, vgg16_bn, preresnet20..")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--data-path")
-    p.add_argument("--subset", type=int)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument(
-        "--optimizer",
-        default="sgd",
-        help="sgd, adam, lanczos_newton, lanczos_saddle_free or any torch.optim class name",
+    p = sub.add_parser(
+        "train",
+        help="train a network (any optimiser, SWA, checkpoints, W&B)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--opt",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="optimiser keyword argument (repeatable), e.g. --opt momentum=0.9",
-    )
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--schedule", default="linear", help="linear (paper eq. 11), cosine, constant")
-    p.add_argument("--swa", action="store_true", help="stochastic weight averaging")
-    p.add_argument("--swa-start", type=int)
-    p.add_argument("--swa-lr", type=float)
-    p.add_argument("--out", default="results/train", help="folder for checkpoints and stats")
-    p.add_argument("--checkpoint-every", type=int, default=10)
-    p.add_argument("--resume", help="checkpoint (or its folder) to continue from")
-    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--wandb",
-        choices=("online", "offline", "disabled"),
-        help="W&B mode (default: online with an API key, else offline)",
-    )
-    p.add_argument("--spectrum-every", type=int, help="log a Hessian spectrum every N epochs")
+    _train_args(p)
 
     analysis = {"formatter_class": _Defaults}
     p = sub.add_parser(
@@ -183,10 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing image")
     _plot_args(p, log=None, log_help="logarithmic y axis (None: spectra yes, training curves no)")
 
-    p = sub.add_parser("demo", help="the offline end-to-end demo on digits (a few minutes)")
-    p.add_argument("--out", default="results/demo")
+    p = sub.add_parser(
+        "demo",
+        help="the offline end-to-end demo on digits (a few minutes)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", default="results/demo", help="folder for every output")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run")
-    p.add_argument("--wandb", choices=("online", "offline", "disabled"))
+    p.add_argument(
+        "--wandb",
+        choices=("online", "offline", "disabled"),
+        help="W&B mode; None: online with an API key, else offline",
+    )
     return parser
 
 
@@ -198,9 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as err:
         print(f"lanczos-optim {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"lanczos-optim {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        detail = f": {err}" if str(err) else ""
+        print(f"lanczos-optim {args.command}: interrupted{detail}", file=sys.stderr)
+        return 128 + getattr(err, "signum", 2)
     return 0
 
 

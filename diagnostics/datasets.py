@@ -110,7 +110,8 @@ def _torchvision(name: str, train: bool, root: str | os.PathLike | None, downloa
     except (RuntimeError, OSError) as err:
         raise FileNotFoundError(
             f"{name} is not available under {str(folder)!r} ({err}). With network access, pass "
-            f"download=True (CLI: --download) or put torchvision's {name} files there."
+            f"download=True (CLI: lanczos-optim train --download) or put torchvision's {name} "
+            "files there."
         ) from None
     x = np.asarray(ds.data, dtype=np.float32) / 255.0
     y = np.asarray(ds.targets)

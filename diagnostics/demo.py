@@ -3,7 +3,13 @@
 On scikit-learn's digits, with no network: trains a small MLP with SGD and with LanczosNewton,
 computes Hessian and GGN spectra of the SGD model, compares BackPACK's diagonal approximations
 with the Lanczos spectrum, walks the loss landscape along the top and bottom Ritz vectors, and
-writes PNG plots, result files, an offline W&B run and ``summary.md`` into one folder.
+writes PNG plots, result files, two offline W&B runs and ``summary.md`` into one folder.
+
+W&B (one project, ``lanczos-optim``): the run ``demo-sgd`` holds the SGD baseline's training and
+every analysis of its model (spectra, diagonals, landscape); ``demo-lanczos_newton`` holds the
+LanczosNewton training with its per-step curvature. Both configs hold the full training
+configuration (optimiser keyword arguments and learning rate used, schedule, epochs, data, ...)
+and the demo's own settings; both log the epoch number under the one key ``epoch``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = ["run_demo"]
 def _train(
     name: str, optimizer: str, kwargs: dict[str, Any], cfg: dict[str, Any], out: Path, logger: Any
 ) -> Any:
+    """Train the demo's MLP with ``optimizer``, logging to ``logger``."""
     from diagnostics.training import train_network
 
     return train_network(
@@ -42,7 +49,7 @@ def _train(
         checkpoint_every=cfg["epochs"],
         overwrite=True,
         seed=0,
-        callbacks=[logger] if logger is not None else [],
+        callbacks=[logger],
         progress=False,
     )
 
@@ -78,17 +85,31 @@ def run_demo(
         "subset": 512 if quick else 1437,
     }
     t0 = time.perf_counter()
-    logger = WandbLogger(
-        name="demo", config=cfg, mode=wandb_mode, directory=out, finish_on_train_end=False
-    )
     summary: dict[str, Any] = {"config": cfg}
     stages = tqdm(total=6, desc="demo", unit="stage")
+    runs: dict[str, WandbLogger] = {}
+    run_dirs: list[str] = []
+
+    def wandb_run(name: str, finish: bool) -> WandbLogger:
+        runs[name] = WandbLogger(
+            name=f"demo-{name}",
+            config={"demo": cfg},
+            mode=wandb_mode,
+            directory=out,
+            finish_on_train_end=finish,
+        )
+        if run_dir := getattr(runs[name].run, "dir", None):
+            run_dirs.append(str(Path(run_dir).parent))
+        return runs[name]
+
     try:
         stages.set_postfix_str("training SGD")
-        sgd = _train("sgd", "sgd", {"lr": 0.1, "momentum": 0.9}, cfg, out, None)
+        logger = wandb_run("sgd", finish=False)  # the analyses below go to this run too
+        sgd = _train("sgd", "sgd", {"lr": 0.1, "momentum": 0.9}, cfg, out, logger)
         stages.update()
         stages.set_postfix_str("training LanczosNewton")
-        newton = _train("lanczos_newton", "lanczos_newton", {"lr": 1.0}, cfg, out, logger)
+        newton_logger = wandb_run("lanczos_newton", finish=True)
+        newton = _train("lanczos_newton", "lanczos_newton", {"lr": 1.0}, cfg, out, newton_logger)
         stages.update()
         curves = {"SGD": sgd.history, "LanczosNewton": newton.history}
         plot_runs(curves, path=out / "training.png")
@@ -157,15 +178,15 @@ def run_demo(
         logger.log_landscape(landscape)
         stages.update()
     finally:
-        run_dir = getattr(logger.run, "dir", None)
-        logger.finish()
+        for run in runs.values():
+            run.finish()
         stages.close()
-    summary["wandb_run"] = str(Path(run_dir).parent) if run_dir else None
+    summary["wandb_runs"] = ", ".join(run_dirs) or None
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     _write_summary(out / "summary.md", summary)
     print(
         f"demo results in {out.resolve()} (summary.md, *.png, *.npz); "
-        f"offline W&B run: {summary['wandb_run']}"
+        f"offline W&B runs: {summary['wandb_runs']}"
     )
     return summary
 

@@ -28,7 +28,8 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -37,7 +38,9 @@ from torch import Tensor, nn
 __all__ = [
     "OPTIMIZERS",
     "build_optimizer",
+    "default_hyperparameters",
     "differentiates_itself",
+    "resolve_hyperparameters",
     "resolve_optimizer",
     "train_step",
 ]
@@ -50,6 +53,12 @@ _SHORT = {
     "adam": ("torch.optim", "Adam"),
     "lanczos_newton": ("lanczos_optim", "LanczosNewton"),
     "lanczos_saddle_free": ("lanczos_optim", "LanczosSaddleFreeNewton"),
+}
+#: Defaults that learn on the harness's data sets (torch's SGD default, lr 1e-3 without
+#: momentum, barely moves in a few epochs). Other optimisers keep their own defaults.
+_DEFAULTS: dict[str, dict[str, float]] = {
+    "SGD": {"lr": 0.05, "momentum": 0.9},
+    "Adam": {"lr": 1e-3},
 }
 _SELF_DIFFERENTIATING = ("LanczosNewton", "LanczosSaddleFreeNewton", "_LanczosNewtonBase")
 
@@ -100,6 +109,69 @@ def resolve_optimizer(name: str | type[torch.optim.Optimizer]) -> type[torch.opt
         f"Unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}, or the name of any "
         "torch.optim optimizer class (e.g. AdamW, RMSprop, Adagrad, LBFGS)."
     )
+
+
+def default_hyperparameters(name: str | type[torch.optim.Optimizer]) -> dict[str, float]:
+    """The hyperparameters the training harness uses when the caller gives none.
+
+    SGD: ``lr=0.05, momentum=0.9``; Adam: ``lr=1e-3``; every other optimiser (ours included) its
+    own constructor's default learning rate (``LanczosNewton`` 1.0, ``LanczosSaddleFreeNewton``
+    0.1), so the learning rate in force can always be recorded.
+
+    Args:
+        name: See :func:`resolve_optimizer`.
+
+    Returns:
+        A new dict (empty when the constructor has no default learning rate).
+
+    Raises:
+        ValueError: Unknown name, with the allowed names.
+
+    Example:
+        >>> default_hyperparameters("sgd"), default_hyperparameters("lanczos_newton")
+        ({'lr': 0.05, 'momentum': 0.9}, {'lr': 1.0})
+    """
+    cls = resolve_optimizer(name)
+    if cls.__name__ in _DEFAULTS and cls.__module__.startswith("torch.optim"):
+        return dict(_DEFAULTS[cls.__name__])
+    param = inspect.signature(cls.__init__).parameters.get("lr")
+    default = param.default if param is not None else None
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return {}
+    return {"lr": float(default)}
+
+
+def resolve_hyperparameters(
+    name: str | type[torch.optim.Optimizer],
+    kwargs: Mapping[str, Any] | None = None,
+    lr: float | None = None,
+) -> dict[str, Any]:
+    """The optimiser's keyword arguments: the caller's over :func:`default_hyperparameters`.
+
+    Every default the caller does not set is filled in (e.g. SGD with only ``lr`` given still
+    gets ``momentum=0.9``; pass ``momentum=0`` for plain SGD).
+
+    Args:
+        name: See :func:`resolve_optimizer`.
+        kwargs: The caller's keyword arguments (may hold ``lr``).
+        lr: The learning rate, given apart from ``kwargs``.
+
+    Returns:
+        The keyword arguments to build the optimiser with.
+
+    Raises:
+        ValueError: Unknown name, or ``lr`` given twice with different values.
+
+    Example:
+        >>> resolve_hyperparameters("sgd", {"momentum": 0.0})
+        {'lr': 0.05, 'momentum': 0.0}
+    """
+    out = dict(kwargs or {})
+    if lr is not None:
+        if "lr" in out and out["lr"] != lr:
+            raise ValueError(f"lr given twice: lr={lr} and optimizer_kwargs['lr']={out['lr']}.")
+        out["lr"] = lr
+    return {**default_hyperparameters(name), **out}
 
 
 def build_optimizer(

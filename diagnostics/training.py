@@ -2,10 +2,20 @@
 
 **Output folder** (``checkpoint_dir``): ``stats.jsonl`` (one JSON object per epoch, the whole
 file rewritten atomically after every epoch) and ``checkpoint-00042.pt`` files every
-``checkpoint_every`` epochs and after the last one (format: :mod:`diagnostics.checkpoint`; the
-``meta`` entry records the model name and keyword arguments, input shape and class count, so the
-network can be rebuilt with :func:`diagnostics.models.build_model`). A folder that already holds
-results is refused unless ``resume`` or ``overwrite`` is given.
+``checkpoint_every`` epochs (default: every epoch) and after the last one, of which the newest
+``keep_checkpoints`` (default 3) are kept (format: :mod:`diagnostics.checkpoint`; the ``meta``
+entry records the model name and keyword arguments, input shape and class count, the optimiser
+keyword arguments and learning rate actually used, so the network can be rebuilt with
+:func:`diagnostics.models.build_model`). A folder that already holds results is refused unless
+``resume`` or ``overwrite`` is given.
+
+**Interruption.** While training, the first SIGINT (Ctrl-C) or SIGTERM stops after the current
+batch: the progress is saved atomically (mid-epoch: ``checkpoint-00004-b00012.pt``, 4 epochs and
+12 batches, whose ``meta["partial_epoch"]`` holds the epoch's running sums and the loader's
+generator state at the epoch's start; at an epoch's end: that epoch's checkpoint), the
+callbacks' ``on_interrupt`` hooks run, and :class:`TrainingInterrupted` (a
+``KeyboardInterrupt``) is raised. Resuming from that checkpoint continues the epoch bit for bit.
+A second signal raises ``KeyboardInterrupt`` at once.
 
 **History row** (``TrainResult.history``, ``stats.jsonl``, ``on_epoch_end``): ``epoch`` (from 1),
 ``lr`` (used during the epoch), ``train_loss``, ``train_acc`` (running means over the epoch's
@@ -15,12 +25,15 @@ without a test set), ``time`` (seconds).
 **Callback protocol.** ``callbacks`` is a sequence of objects with any of these methods
 (subclassing :class:`Callback` is optional; missing methods are skipped):
 
+- ``on_train_start(config: dict)`` once, after every argument is checked, with the ``meta`` of
+  the checkpoints (resolved optimiser keyword arguments, ...) and ``resumed_from``.
 - ``on_step(step: TrainingStep)`` after every optimiser step: epoch, global step, batch loss
   and accuracy, learning rate, ``optimizer_info`` (``optimizer.last_info``: Ritz values,
   products, ... for the Lanczos optimisers; ``None`` otherwise), the model and the optimiser.
 - ``on_epoch_end(epoch: int, metrics: dict, model, optimizer)`` after every epoch, before its
   checkpoint is written (so random numbers a callback draws are part of the saved state).
 - ``on_train_end(result: TrainResult)`` once at the end.
+- ``on_interrupt(interrupted: TrainingInterrupted)`` on SIGINT/SIGTERM, after saving.
 
 **Resume** (``resume=`` a checkpoint or its folder) restores model, optimiser, schedulers, SWA
 state, history and every RNG (torch, CUDA, numpy, Python, the loader's shuffling generator), so
@@ -43,6 +56,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -57,8 +71,18 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from diagnostics._training_loop import Callback, TrainingStep, evaluate, run_epoch, write_stats
+from diagnostics._interrupt import StopRequest, TrainingInterrupted, deferred_signals
+from diagnostics._training_loop import (
+    Callback,
+    EpochTotals,
+    TrainingStep,
+    _hooks,
+    evaluate,
+    run_epoch,
+    write_stats,
+)
 from diagnostics._training_setup import (
+    ResultsExistError,
     build_schedulers,
     check_arguments,
     find_resume,
@@ -67,14 +91,28 @@ from diagnostics._training_setup import (
     plain,
     prepare_folder,
 )
-from diagnostics.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from diagnostics.checkpoint import (
+    checkpoint_name,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from diagnostics.models import build_model
-from diagnostics.optimizers import build_optimizer, resolve_optimizer
+from diagnostics.optimizers import build_optimizer, resolve_hyperparameters, resolve_optimizer
 
-__all__ = ["STATS_FILENAME", "Callback", "TrainResult", "TrainingStep", "train_network"]
+__all__ = [
+    "STATS_FILENAME",
+    "Callback",
+    "ResultsExistError",
+    "TrainResult",
+    "TrainingInterrupted",
+    "TrainingStep",
+    "train_network",
+]
 
 #: Name of the per-epoch statistics file in the output folder.
 STATS_FILENAME = "stats.jsonl"
+_PARTIAL_KEYS = ("loss_sum", "correct_sum", "seen", "batches", "seconds")
 _RESUME_KEYS = ("batch_size", "seed", "schedule", "lr", "epochs", "swa", "swa_start", "swa_lr")
 
 
@@ -133,13 +171,15 @@ def train_network(
     swa_start: int | None = None,
     swa_lr: float | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
-    checkpoint_every: int = 10,
+    checkpoint_every: int = 1,
+    keep_checkpoints: int = 3,
     resume: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     seed: int = 0,
     device: str | torch.device | None = None,
     callbacks: Sequence[object] = (),
     progress: bool = True,
+    download: bool = False,
 ) -> TrainResult:
     r"""Train a network (the paper's ``train_network``), optionally with SWA, checkpoints, resume.
 
@@ -158,7 +198,9 @@ def train_network(
         model_kwargs: Keyword arguments of :func:`diagnostics.models.build_model`.
         optimizer: ``"sgd"``, ``"adam"``, ``"lanczos_newton"``, ``"lanczos_saddle_free"``, any
             ``torch.optim`` class name (``"AdamW"``, ``"RMSprop"``, ...) or an optimiser class.
-        optimizer_kwargs: The optimiser's keyword arguments (``lr`` may be given here).
+        optimizer_kwargs: The optimiser's keyword arguments (``lr`` may be given here). Missing
+            ones take :func:`diagnostics.optimizers.default_hyperparameters` (SGD: lr 0.05,
+            momentum 0.9; Adam: lr 1e-3; others their own); ``meta`` records what was used.
         lr: Initial learning rate :math:`\alpha_0` (or in ``optimizer_kwargs``, not both).
         batch_size: Training batch size.
         schedule: ``"linear"`` (equation 11), ``"cosine"`` or ``"constant"``.
@@ -170,12 +212,14 @@ def train_network(
         swa_lr: Learning rate during averaging (default :math:`0.1\,\alpha_0`).
         checkpoint_dir: Output folder (created if missing); ``None`` writes no files.
         checkpoint_every: Save a checkpoint every this many epochs (0: only after the last).
+        keep_checkpoints: Keep only this many newest checkpoints in the folder (0: all).
         resume: A checkpoint file, or a folder (its latest checkpoint), to continue from.
         overwrite: Allow writing into a folder that already holds results.
         seed: Seeds torch, numpy, Python and the loader's shuffling generator.
         device: Where to train (default: CUDA when available, else CPU).
         callbacks: Objects with ``on_step``/``on_epoch_end``/``on_train_end`` (module docstring).
         progress: Show tqdm progress bars.
+        download: Let torchvision download a named data set that is not on disk.
 
     Returns:
         A :class:`TrainResult`.
@@ -185,8 +229,10 @@ def train_network(
             allowed ones), an invalid argument, or a checkpoint that does not fit the run.
         FileNotFoundError: ``data_path``, the data files or the ``resume`` checkpoint missing.
         FileExistsError: ``checkpoint_dir`` holds results and neither ``resume`` nor
-            ``overwrite`` is given.
+            ``overwrite`` is given (a :class:`ResultsExistError`).
         TypeError: A keyword argument the model, optimiser or schedule does not take.
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the progress was saved first (module
+            docstring). A ``KeyboardInterrupt`` itself.
     """
     check_arguments(locals())
     opt_cls = resolve_optimizer(optimizer)
@@ -198,7 +244,7 @@ def train_network(
     torch.manual_seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeds third-party code drawing from the legacy state
     random.seed(seed)
-    train_set, test_set = load_data(dataset, test_dataset, data_path, subset, seed)
+    train_set, test_set = load_data(dataset, test_dataset, data_path, subset, seed, download)
     input_shape, num_classes = model_shape(dataset, train_set)
     kwargs_m = dict(model_kwargs or {})
     if isinstance(model, nn.Module):
@@ -207,13 +253,7 @@ def train_network(
         net = build_model(model, input_shape=input_shape, num_classes=num_classes, **kwargs_m)
     net = net.to(dev)
 
-    kwargs_o = dict(optimizer_kwargs or {})
-    if lr is not None:
-        if "lr" in kwargs_o and kwargs_o["lr"] != lr:
-            raise ValueError(
-                f"lr given twice: lr={lr} and optimizer_kwargs['lr']={kwargs_o['lr']}."
-            )
-        kwargs_o["lr"] = lr
+    kwargs_o = resolve_hyperparameters(opt_cls, optimizer_kwargs, lr)
     opt = build_optimizer(opt_cls, net.parameters(), **kwargs_o)
     lr0 = float(opt.param_groups[0]["lr"])
     scheduler, swa_sched, swa_start, swa_lr, kwargs_s = build_schedulers(
@@ -250,7 +290,7 @@ def train_network(
     )
 
     history: list[dict[str, Any]] = []
-    start, step = 0, 0
+    start, step, partial = 0, 0, None
     if resume_path is not None:
         ckpt = load_checkpoint(
             resume_path,
@@ -265,51 +305,84 @@ def train_network(
         _warn_if_different(ckpt["meta"], meta, resume_path)
         history, start = list(ckpt["history"]), int(ckpt["epoch"])
         step = int(ckpt["meta"].get("steps", 0))
+        partial = ckpt["meta"].get("partial_epoch")
 
     if out is not None:  # created only now that every argument has been checked
         out.mkdir(parents=True, exist_ok=True)
     result = TrainResult(model=net, optimizer=opt, history=history, output_dir=out)
-    bar = tqdm(range(start, epochs), desc="training", unit="epoch", disable=not progress)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        lr_used = float(opt.param_groups[0]["lr"])
-        train_loss, train_acc, step = run_epoch(
-            net, opt, loader, loss, dev, epoch=epoch + 1, global_step=step,
-            callbacks=callbacks, progress=progress,
+
+    def save(done: int, totals: EpochTotals | None = None, state: Tensor | None = None) -> Path:
+        extra: dict[str, Any] = {"steps": step}
+        batch = 0
+        if totals is not None:  # mid-epoch: what continuing the epoch needs
+            batch = totals.batches
+            extra["partial_epoch"] = {
+                **{k: getattr(totals, k) for k in _PARTIAL_KEYS},
+                "generator": state,
+            }
+        path = save_checkpoint(
+            out / checkpoint_name(done, batch), model=net, epoch=done, optimizer=opt,
+            scheduler=scheduler, swa_model=swa_model, swa_scheduler=swa_sched,
+            generator=generator, history=history, meta={**meta, **extra},
         )  # fmt: skip
-        test_loss, test_acc = (
-            evaluate(net, test_loader, loss, dev) if test_loader is not None else (None, None)
-        )
-        if swa_model is not None and epoch >= swa_start:  # type: ignore[operator]
-            swa_model.update_parameters(net)
-        if swa_sched is not None and epoch + 1 >= swa_start:  # type: ignore[operator]
-            swa_sched.step()
-        else:
-            scheduler.step()
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr_used,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "time": time.perf_counter() - t0,
-        }
-        history.append(row)
-        bar.set_postfix(train_loss=f"{train_loss:.4f}", refresh=False)
-        for cb in callbacks:
-            if callable(hook := getattr(cb, "on_epoch_end", None)):
+        result.checkpoints.append(path)
+        for gone in prune_checkpoints(out, keep_checkpoints, path):
+            if gone in result.checkpoints:
+                result.checkpoints.remove(gone)
+        return path
+
+    for hook in _hooks(callbacks, "on_train_start"):
+        hook({**meta, "resumed_from": str(resume_path) if resume_path is not None else None})
+    bar = tqdm(range(start, epochs), desc="training", unit="epoch", disable=not progress)
+    with deferred_signals() as request:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            totals = None
+            if partial is not None:  # continue the interrupted epoch where it stopped
+                generator.set_state(partial["generator"])
+                totals = EpochTotals(**{k: partial[k] for k in _PARTIAL_KEYS})
+                partial = None
+            loader_state = generator.get_state()
+            lr_used = float(opt.param_groups[0]["lr"])
+            totals, step, _ = run_epoch(
+                net, opt, loader, loss, dev, epoch=epoch + 1, global_step=step,
+                callbacks=callbacks, progress=progress, totals=totals, stop=request.__bool__,
+            )  # fmt: skip
+            totals.seconds += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            if request and totals.batches < len(loader):
+                path = save(epoch, totals, loader_state) if out is not None else None
+                _interrupt(request, path, epoch, totals.batches, callbacks)
+            test_loss, test_acc = (
+                evaluate(net, test_loader, loss, dev) if test_loader is not None else (None, None)
+            )
+            if swa_model is not None and epoch >= swa_start:  # type: ignore[operator]
+                swa_model.update_parameters(net)
+            if swa_sched is not None and epoch + 1 >= swa_start:  # type: ignore[operator]
+                swa_sched.step()
+            else:
+                scheduler.step()
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr_used,
+                "train_loss": totals.loss,
+                "train_acc": totals.accuracy,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "time": totals.seconds + (time.perf_counter() - t1),
+            }
+            history.append(row)
+            bar.set_postfix(train_loss=f"{totals.loss:.4f}", refresh=False)
+            for hook in _hooks(callbacks, "on_epoch_end"):
                 hook(epoch + 1, dict(row), net, opt)
-        if out is not None:
-            write_stats(out / STATS_FILENAME, history)
-            done = epoch + 1
-            if done == epochs or (checkpoint_every > 0 and done % checkpoint_every == 0):
-                path = save_checkpoint(
-                    out / checkpoint_name(done), model=net, epoch=done, optimizer=opt,
-                    scheduler=scheduler, swa_model=swa_model, swa_scheduler=swa_sched,
-                    generator=generator, history=history, meta={**meta, "steps": step},
-                )  # fmt: skip
-                result.checkpoints.append(path)
+            done, path = epoch + 1, None
+            if out is not None:
+                write_stats(out / STATS_FILENAME, history)
+                due = checkpoint_every > 0 and done % checkpoint_every == 0
+                if done == epochs or due or request:
+                    path = save(done)
+            if request and done < epochs:
+                _interrupt(request, path, done, 0, callbacks)
     bar.close()
 
     if swa_model is not None and int(swa_model.n_averaged) > 0:
@@ -321,7 +394,25 @@ def train_network(
         result.swa_model = swa_model.module
         result.swa_metrics = {f"{prefix}_loss": swa_loss, f"{prefix}_acc": swa_acc}
     net.eval()
-    for cb in callbacks:
-        if callable(hook := getattr(cb, "on_train_end", None)):
-            hook(result)
+    for hook in _hooks(callbacks, "on_train_end"):
+        hook(result)
     return result
+
+
+def _interrupt(
+    request: StopRequest, path: Path | None, epochs_done: int, batches: int,
+    callbacks: Sequence[object],
+) -> None:  # fmt: skip
+    """Tell the callbacks, then raise :class:`TrainingInterrupted`."""
+    where = f"after {epochs_done} epochs" + (f" and {batches} batches" if batches else "")
+    saved = f"; saved {str(path)!r}" if path is not None else "; no output folder, nothing saved"
+    err = TrainingInterrupted(
+        f"stopped by {signal.Signals(request.signum).name} {where}{saved}",  # type: ignore[arg-type]
+        signum=int(request.signum),  # type: ignore[arg-type]
+        checkpoint=path,
+        epochs_done=epochs_done,
+        batches_done=batches,
+    )
+    for hook in _hooks(callbacks, "on_interrupt"):
+        hook(err)
+    raise err

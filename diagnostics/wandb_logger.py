@@ -2,17 +2,32 @@ r"""Weights & Biases logging of curvature during training (a training-harness ca
 
 What is logged:
 
+* once, when training starts, the run's resolved configuration (``on_train_start``: model, data,
+  optimiser keyword arguments and the learning rate actually used, schedule, ...);
 * every ``log_every`` steps: the batch loss and learning rate; with our optimisers, their own
   per-step record at no extra cost (``curvature/top_ritz``, ``curvature/bottom_ritz``,
   ``curvature/negative_mass``, ``curvature/krylov_fraction``, ``optim/damping``,
   ``optim/products``, timings ...);
+* every epoch: its metrics as ``epoch/...`` and the epoch number under the one key ``epoch``;
 * the edge-of-stability indicator :math:`\eta\,\lambda_{\max}` (``curvature/eos``), with a
   warning once it passes ``eos_threshold`` (default 1.8; gradient descent on a quadratic diverges
-  beyond 2);
+  beyond 2). For our damped optimisers :math:`\lambda_{\max}` is replaced by the curvature the
+  step meets, :math:`\max_i |\theta_i| / (|\theta_i| + \delta)`, and :math:`\eta` is always the
+  learning rate in force when the curvature was measured;
 * every ``spectrum_every`` epochs, for any optimiser, a full Lanczos spectrum on held-out data: a
   ``wandb.Histogram`` of the Ritz values weighted by their quadrature weights, the stem plot as a
   ``wandb.Image``, and its summaries;
 * on request, landscapes and diagonal-versus-Lanczos comparisons as ``wandb.Table`` and images.
+
+**Negative mass.** ``.../negative_mass`` is the spectral mass on the negative axis *without the
+Ritz value nearest zero* (which stands for the spike of eigenvalues at zero and can carry most of
+the mass, paper section 7.1); the raw mass, that Ritz value included, is ``.../negative_mass_raw``.
+
+**Interruption and resume.** On SIGINT/SIGTERM (``on_interrupt``) the run's summary gets
+``interrupted`` (True), ``interrupted_by`` (the signal), ``interrupted_after_epochs`` and
+``interrupted_checkpoint``, the tag ``interrupted`` is added and the run finishes with exit code
+255 (W&B's code for a keyboard interrupt). A logger created with that run's ``run_id`` continues
+the same run (``resume="allow"``); a run that ends normally has ``interrupted`` False.
 
 Mode: ``"online"`` when an API key is configured, otherwise ``"offline"`` (runs go to
 ``$WANDB_DIR/wandb/offline-run-*`` and can be synced later with ``wandb sync``); ``"disabled"``
@@ -32,9 +47,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from diagnostics._spectrum_summary import SpectrumSummaries
 from diagnostics._training_loop import Callback, TrainingStep
+from diagnostics.optimizers import differentiates_itself
 
-__all__ = ["WANDB_MODES", "WandbLogger", "resolve_wandb_mode", "step_metrics"]
+__all__ = [
+    "WANDB_MODES",
+    "WandbLogger",
+    "resolve_wandb_mode",
+    "spectrum_step_curvature",
+    "step_metrics",
+]
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -89,6 +112,43 @@ def _effective_curvature(info: Any) -> float:
     return float((theta / (theta + damping)).max())
 
 
+def spectrum_step_curvature(ritz_values: Any, optimizer: torch.optim.Optimizer) -> float:
+    r"""The curvature a step of ``optimizer`` meets on a spectrum (times ``lr``: the EoS indicator).
+
+    For gradient-type optimisers this is :math:`\lambda_{\max}`. Our damped Newton optimisers
+    scale each eigendirection by :math:`1/(|\theta| + \delta)` of their own curvature (weight
+    decay :math:`\lambda` included), so there it is
+    :math:`\max_i |\theta_i + \lambda| / (|\theta_i + \lambda| + \delta)`, below 1.
+
+    Args:
+        ritz_values: The spectrum's Ritz values.
+        optimizer: The optimiser (its first parameter group's ``damping``/``weight_decay``).
+
+    Returns:
+        The curvature.
+
+    Example:
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> spectrum_step_curvature([-1.0, 4.0], opt)
+        4.0
+    """
+    theta = torch.as_tensor(ritz_values, dtype=torch.float64)
+    group = optimizer.param_groups[0]
+    if not differentiates_itself(optimizer) or "damping" not in group:
+        return float(theta.max())
+    theta = (theta + float(group.get("weight_decay", 0.0))).abs()
+    return float((theta / (theta + float(group["damping"]))).max())
+
+
+class _StepMeasure(SpectrumSummaries):
+    """One optimiser step's Ritz values and weights as a one-probe spectral measure."""
+
+    def __init__(self, theta: np.ndarray, weights: np.ndarray) -> None:
+        self.ritz_values, self.weights = theta, weights
+        self.probe = np.zeros(theta.size, dtype=np.int64)
+        self.num_probes, self.num_params = 1, 0
+
+
 def step_metrics(info: Any) -> dict[str, float]:
     """Scalars of an optimiser's ``last_info`` record (empty for optimisers without one).
 
@@ -116,7 +176,9 @@ def step_metrics(info: Any) -> dict[str, float]:
         out["curvature/top_ritz"] = float(theta.max())
         out["curvature/bottom_ritz"] = float(theta.min())
         if weights.numel() == theta.numel():
-            out["curvature/negative_mass"] = float(weights[theta < 0].sum())
+            measure = _StepMeasure(theta.numpy(), weights.numpy())
+            out["curvature/negative_mass"] = measure.negative_mass(exclude_nearest_zero=True)
+            out["curvature/negative_mass_raw"] = measure.negative_mass()
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
@@ -138,6 +200,8 @@ class WandbLogger(Callback):
         bn_mode: BatchNorm policy of those spectra.
         eos_threshold: Warn once when ``lr * lambda_max`` passes this value.
         finish_on_train_end: Close the run when training ends (``False`` to log more after).
+        run_id: W&B run id; with the id of an earlier run, that run is continued
+            (``resume="allow"``). ``None``: a new id (``logger.run_id``).
 
     Example:
         >>> logger = WandbLogger(mode="disabled")
@@ -162,6 +226,7 @@ class WandbLogger(Callback):
         bn_mode: str = "eval",
         eos_threshold: float = 1.8,
         finish_on_train_end: bool = True,
+        run_id: str | None = None,
     ) -> None:
         import wandb
 
@@ -192,7 +257,10 @@ class WandbLogger(Callback):
             # wandb caches its settings per process; read $WANDB_DIR at each init instead.
             dir=str(directory) if directory is not None else os.environ.get("WANDB_DIR"),
             reinit="create_new",
+            id=run_id,
+            resume="allow" if run_id is not None else None,
         )
+        self.run_id: str | None = getattr(self.run, "id", None) or run_id
 
     # ----------------------------------------------------------------- generic logging
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -214,6 +282,11 @@ class WandbLogger(Callback):
         return eos
 
     # ----------------------------------------------------------------- callbacks
+    def on_train_start(self, config: dict[str, Any]) -> None:
+        """Record the run's resolved configuration (the learning rate actually used, ...)."""
+        if self.run is not None:
+            self.run.config.update(config, allow_val_change=True)
+
     def on_step(self, step: TrainingStep) -> None:
         """Log the batch loss, lr and our optimisers' per-step curvature record."""
         self._step = step.step
@@ -235,7 +308,13 @@ class WandbLogger(Callback):
         optimizer: torch.optim.Optimizer,
     ) -> None:
         """Log the epoch's metrics and, every ``spectrum_every`` epochs, a full spectrum."""
-        row = {f"epoch/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        row: dict[str, Any] = {
+            f"epoch/{k}": v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and k != "epoch"
+        }
+        row["epoch"] = epoch
+        self.log(row)
         if self.spectrum_every and epoch % self.spectrum_every == 0:
             from diagnostics.spectrum import compute_eigenspectrum
 
@@ -248,13 +327,49 @@ class WandbLogger(Callback):
                 bn_mode=self.bn_mode,
                 seed=epoch,
             )
-            row.update(self.spectrum_payload(spectrum, prefix="spectrum"))
-            lr = float(optimizer.param_groups[0]["lr"])
-            row["spectrum/eos"] = self._eos(lr, spectrum.lambda_max)
+            lr = metrics.get("lr", optimizer.param_groups[0]["lr"])  # the harness gives the lr used
+            self.log_epoch_spectrum(spectrum, float(lr), optimizer)
+
+    def log_epoch_spectrum(
+        self, spectrum: Any, lr: float, optimizer: torch.optim.Optimizer, prefix: str = "spectrum"
+    ) -> None:
+        """Log a spectrum measured during training, with its edge-of-stability indicator.
+
+        Args:
+            spectrum: The :class:`~diagnostics.spectrum.Spectrum`.
+            lr: The learning rate in force while the weights it was measured at were trained
+                (the history row's ``lr``, not the optimiser's after the scheduler stepped).
+            optimizer: The optimiser (see :func:`spectrum_step_curvature`).
+            prefix: Key prefix.
+        """
+        row = self.spectrum_payload(spectrum, prefix=prefix)
+        curvature = spectrum_step_curvature(spectrum.ritz_values, optimizer)
+        row[f"{prefix}/step_curvature"] = curvature
+        row[f"{prefix}/eos"] = self._eos(lr, curvature)
         self.log(row)
 
+    def on_interrupt(self, interrupted: Any) -> None:
+        """Mark the run as interrupted (summary, tag, exit code 255) and finish it."""
+        if self.run is None:
+            return
+        checkpoint = getattr(interrupted, "checkpoint", None)
+        self.run.summary.update(
+            {
+                "interrupted": True,
+                "interrupted_by": getattr(interrupted, "signal_name", "KeyboardInterrupt"),
+                "interrupted_after_epochs": getattr(interrupted, "epochs_done", None),
+                "interrupted_checkpoint": str(checkpoint) if checkpoint is not None else None,
+            }
+        )
+        self.run.tags = (*[t for t in self.run.tags or () if t != "interrupted"], "interrupted")
+        self.finish(exit_code=255)
+
     def on_train_end(self, result: Any) -> None:
-        """Close the run (unless ``finish_on_train_end`` is False)."""
+        """Close the run (unless ``finish_on_train_end`` is False); clear an interrupted mark."""
+        if self.run is not None:
+            self.run.summary["interrupted"] = False
+            if "interrupted" in (self.run.tags or ()):
+                self.run.tags = tuple(t for t in self.run.tags if t != "interrupted")
         if self.finish_on_train_end:
             self.finish()
 
@@ -273,7 +388,8 @@ class WandbLogger(Callback):
             f"{prefix}/stem": self._wandb.Image(_pixels(figure)),
             f"{prefix}/lambda_max": float(spectrum.lambda_max),
             f"{prefix}/lambda_min": float(spectrum.lambda_min),
-            f"{prefix}/negative_mass": float(spectrum.negative_mass()),
+            f"{prefix}/negative_mass": float(spectrum.negative_mass(exclude_nearest_zero=True)),
+            f"{prefix}/negative_mass_raw": float(spectrum.negative_mass()),
             f"{prefix}/trace": float(trace),
         }
 
@@ -312,8 +428,8 @@ class WandbLogger(Callback):
             payload[f"{prefix}/plot"] = self._wandb.Image(_pixels(figure))
         self.log(payload)
 
-    def finish(self) -> None:
-        """Finish the run (idempotent)."""
+    def finish(self, exit_code: int | None = None) -> None:
+        """Finish the run (idempotent); a non-zero ``exit_code`` marks it as failed in W&B."""
         if self.run is not None:
-            self.run.finish()
+            self.run.finish(exit_code=exit_code)
             self.run = None

@@ -167,3 +167,158 @@ def test_plot_refuses_files_of_the_wrong_kind(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "missing.npz")]) == 2
     _one_line_error(capsys, "does not exist")
     assert not list(tmp_path.glob("*.png"))
+
+
+# --------------------------------------------------------------- issue 11: train and demo
+def _offline_runs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def _wandb_records():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_wandb_records", Path(__file__).with_name("_wandb_records.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_version_and_defaults_in_help(capsys):
+    from lanczos_optim import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lanczos-optim {__version__}"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = "sgd 0.05 with momentum 0.9, adam 0.001, lanczos_newton 1, lanczos_saddle_free 0.1"
+    assert defaults in text
+    assert "--epochs EPOCHS epoch budget (default: 10)" in text
+    assert "(0: last only) (default: 1)" in text
+    assert "--download" in text
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out OUT folder for every output (default: results/demo)" in text
+
+
+def test_train_without_lr_learns_and_records_the_lr_used(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "3", "--wandb", "offline", "--out", str(out)]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert rows[-1]["test_acc"] > 0.6  # torch's SGD default (lr 1e-3, no momentum): 0.13
+    assert rows[0]["lr"] == 0.05
+    (run,) = _offline_runs(out)
+    config = next(r["__config__"] for r in _wandb_records().history(run) if "__config__" in r)
+    assert config["lr"] == 0.05
+    assert config["optimizer_kwargs"] == {"lr": 0.05, "momentum": 0.9}
+    assert config["opt"] == {"lr": 0.05, "momentum": 0.9}
+
+
+def test_folder_error_names_the_cli_flags(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--subset", "40", "--epochs", "1", "--wandb", "disabled", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(argv) == 2
+    err = _one_line_error(capsys, "--resume", "--overwrite")
+    assert "resume=" not in err
+    assert "overwrite=True" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_mnist_error_names_an_option_train_accepts(tmp_path, capsys):
+    argv = ["train", "--dataset", "mnist", "--data-path", str(tmp_path), "--wandb", "disabled"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = _one_line_error(capsys, "lanczos-optim train --download")
+    assert build_parser().parse_args(["train", "--download"]).download is True
+    assert "mnist" in err
+
+
+def test_spectra_are_saved_without_wandb_on_held_out_data(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--subset", "64", "--epochs", "2", "--wandb", "disabled", "--out", str(out)]
+    assert main([*argv, "--spectrum-every", "1", "--optimizer", "lanczos_newton"]) == 0
+    files = sorted((out / "spectra").iterdir())
+    assert [p.name for p in files] == ["spectrum-epoch-00001.npz", "spectrum-epoch-00002.npz"]
+    spectrum = Spectrum.load(files[-1])
+    assert spectrum.meta["num_samples"] == 360  # digits' test split, not the training data
+    assert (spectrum.meta["epoch"], spectrum.meta["lr"]) == (2, 1.0)
+
+
+class _SignalAt:
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    def on_step(self, step) -> None:
+        if (step.epoch, step.batch) == self.at:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_keeps_progress_and_resume_continues_the_wandb_run(tmp_path, monkeypatch, capsys):
+    import signal
+
+    import diagnostics.training as training
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        _ctrl_c_then_resume(tmp_path, monkeypatch, capsys, training)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _ctrl_c_then_resume(tmp_path, monkeypatch, capsys, training):
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    real = training.train_network
+
+    def with_ctrl_c(**kwargs):
+        return real(**{**kwargs, "callbacks": [*kwargs["callbacks"], _SignalAt(5, 1)]})
+
+    out = tmp_path / "run"
+    argv = ["train", "--subset", "200", "--batch-size", "50", "--wandb", "offline"]
+    monkeypatch.setattr(training, "train_network", with_ctrl_c)
+    # The run of the issue: 15 epochs, a checkpoint due every 10, interrupted in epoch 5.
+    assert main([*argv, "--epochs", "15", "--checkpoint-every", "10", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "interrupted: stopped by SIGINT after 4 epochs and 2 batches" in err
+    assert f"continue with --resume {out}" in err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-00004-b00002.pt"]
+    (first,) = _offline_runs(out)
+    run_id = first.stem.removeprefix("run-")
+    assert (out / "wandb-run-id.txt").read_text() == run_id
+
+    monkeypatch.setattr(training, "train_network", real)
+    assert main([*argv, "--epochs", "15", "--checkpoint-every", "10", "--resume", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 16))
+    runs = _offline_runs(out)
+    assert len(runs) == 2
+    assert {r.stem for r in runs} == {f"run-{run_id}"}  # the same W&B run, continued
+
+
+def test_sigterm_exit_status(monkeypatch, capsys):
+    import signal
+
+    from diagnostics import _commands
+    from diagnostics.training import TrainingInterrupted
+
+    def stopped(args):
+        raise TrainingInterrupted(
+            "stopped by SIGTERM after 1 epochs", signum=signal.SIGTERM, checkpoint=None,
+            epochs_done=1, batches_done=0,
+        )  # fmt: skip
+
+    monkeypatch.setattr(_commands, "run_train", stopped)
+    assert main(["train"]) == 128 + signal.SIGTERM
+    _one_line_error(capsys, "lanczos-optim train: interrupted: stopped by SIGTERM")

@@ -141,3 +141,9 @@ def test_real_fashion_mnist() -> None:
     assert 0.0 <= float(x.min()) < float(x.max()) <= 1.0
     assert set(y.tolist()) == set(range(10))
     assert dataset_info("fashion-mnist") == ((1, 28, 28), 10)
+
+
+def test_missing_torchvision_data_names_the_train_option(tmp_path: Path) -> None:
+    # The hint names an option that exists: `lanczos-optim train --download`.
+    with pytest.raises(FileNotFoundError, match=r"lanczos-optim train --download"):
+        load_dataset("mnist", root=tmp_path)

@@ -44,7 +44,24 @@ def test_quick_demo_writes_everything(tmp_path):
     assert "diag_ggn_exact_wasserstein_rel" in text
     # The diagonal misses the top outlier of the GGN spectrum (paper, sections 6.3 and 7.1).
     assert summary["diag_ggn_exact_max"] < ggn.lambda_max
-    run = records.offline_runs(out)
-    assert len(run) == 1
-    keys = set().union(*records.history(run[0]))
-    assert {"spectrum_hessian/lambda_max", "landscape/table/_type", "curvature/top_ritz"} <= keys
+    # Two W&B runs in the project: the SGD baseline (with the analyses of its model) and
+    # LanczosNewton, each with the full training configuration and one epoch key.
+    runs = records.offline_runs(out)
+    assert len(runs) == 2
+    by_optimizer = {}
+    for run in runs:
+        rows = records.history(run)
+        config = next(r["__config__"] for r in rows if "__config__" in r)
+        by_optimizer[config["optimizer"]] = (config, set().union(*rows))
+    assert sorted(by_optimizer) == ["lanczos_newton", "sgd"]
+    sgd_config, sgd_keys = by_optimizer["sgd"]
+    assert sgd_config["optimizer_kwargs"] == {"lr": 0.1, "momentum": 0.9}
+    assert (sgd_config["epochs"], sgd_config["batch_size"], sgd_config["model"]) == (3, 64, "mlp")
+    assert sgd_config["demo"]["steps"] == 20
+    assert {"spectrum_hessian/lambda_max", "landscape/table/_type", "epoch/train_loss"} <= sgd_keys
+    newton_config, newton_keys = by_optimizer["lanczos_newton"]
+    assert newton_config["lr"] == 1.0
+    assert {"curvature/top_ritz", "epoch/test_acc"} <= newton_keys
+    for _, keys in by_optimizer.values():
+        assert "epoch" in keys
+        assert not [k for k in keys if k.startswith("epoch/epoch")]

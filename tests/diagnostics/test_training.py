@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,10 +12,16 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from diagnostics.checkpoint import read_checkpoint, save_checkpoint
+from diagnostics.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
 from diagnostics.datasets import load_dataset
-from diagnostics.optimizers import build_optimizer, differentiates_itself, resolve_optimizer
-from diagnostics.training import Callback, TrainingStep, train_network
+from diagnostics.optimizers import (
+    build_optimizer,
+    default_hyperparameters,
+    differentiates_itself,
+    resolve_hyperparameters,
+    resolve_optimizer,
+)
+from diagnostics.training import Callback, TrainingInterrupted, TrainingStep, train_network
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +298,170 @@ def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# --------------------------------------------------------------- issue 11: defaults, interrupts
+def test_default_hyperparameters_learn_and_are_recorded(tmp_path: Path) -> None:
+    # torch's SGD default (lr 1e-3, no momentum) left digits at about 13 % after 3 epochs.
+    result = train_network(
+        model="mlp", dataset="digits", epochs=3, checkpoint_dir=tmp_path, progress=False
+    )
+    assert result.history[-1]["test_acc"] > 0.6
+    meta = read_checkpoint(tmp_path / "checkpoint-00003.pt")["meta"]
+    assert meta["lr"] == 0.05
+    assert meta["optimizer_kwargs"] == {"lr": 0.05, "momentum": 0.9}
+    assert result.history[0]["lr"] == 0.05
+    # Given keys win over the defaults; the rest of the defaults stay.
+    opt = train_network(
+        model="mlp", dataset="digits", subset=40, epochs=1, optimizer_kwargs={"momentum": 0.0},
+        progress=False,
+    ).optimizer  # fmt: skip
+    assert (opt.defaults["lr"], opt.defaults["momentum"]) == (0.05, 0.0)
+    assert default_hyperparameters("adam") == {"lr": 1e-3}
+    assert default_hyperparameters("lanczos_newton") == {"lr": 1.0}
+    assert default_hyperparameters("lanczos_saddle_free") == {"lr": 0.1}
+    assert resolve_hyperparameters("RMSprop", None, 0.3) == {"lr": 0.3}
+
+
+@pytest.fixture
+def default_signals() -> object:
+    """SIGINT and SIGTERM handled as in an interactive shell (a background job ignores SIGINT)."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def _handlers_restored() -> bool:
+    return (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    )
+
+
+class _Signal(Callback):
+    """Sends a signal to this process at a given (epoch, batch) or at an epoch's end."""
+
+    def __init__(self, signum: int, epoch: int, batch: int | None) -> None:
+        self.signum, self.epoch, self.batch = signum, epoch, batch
+        self.interrupted: list = []
+        self.started: list[dict] = []
+
+    def on_train_start(self, config: dict) -> None:
+        self.started.append(config)
+
+    def on_step(self, step: TrainingStep) -> None:
+        if (step.epoch, step.batch) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.signum)
+
+    def on_epoch_end(self, epoch: int, metrics: dict, model: nn.Module, optimizer: object) -> None:
+        if self.batch is None and epoch == self.epoch:
+            os.kill(os.getpid(), self.signum)
+
+    def on_interrupt(self, interrupted: object) -> None:
+        self.interrupted.append(interrupted)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.usefixtures("default_signals")
+def test_signal_mid_epoch_saves_and_resume_is_bit_exact(
+    tmp_path: Path, digits: tuple, signum: int
+) -> None:
+    train, test = digits
+    common = {
+        "dataset": train, "test_dataset": test, "epochs": 3, "batch_size": 16, "seed": 3,
+        "optimizer_kwargs": {"lr": 0.1, "momentum": 0.9}, "progress": False,
+        "checkpoint_every": 10,  # the run of the issue: no checkpoint due before the end
+    }  # fmt: skip
+    torch.manual_seed(11)
+    whole = train_network(model=_dropout_mlp(), checkpoint_dir=tmp_path / "a", **common)
+
+    torch.manual_seed(11)
+    spy = _Signal(signum, epoch=2, batch=2)  # after 1 epoch and 3 batches of the second
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIG\w+ after 1 epochs and 3 batch"):
+        train_network(
+            model=_dropout_mlp(), checkpoint_dir=tmp_path / "b", callbacks=[spy], **common
+        )
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "checkpoint-00001-b00003.pt", "stats.jsonl",
+    ]  # fmt: skip
+    (err,) = spy.interrupted
+    assert (err.signal_name, err.epochs_done, err.batches_done) == (
+        signal.Signals(signum).name, 1, 3,
+    )  # fmt: skip
+    assert err.checkpoint == tmp_path / "b" / "checkpoint-00001-b00003.pt"
+    assert _handlers_restored()
+
+    torch.manual_seed(12)  # everything must come from the checkpoint
+    spy2 = _Signal(signum, epoch=0, batch=0)
+    resumed = train_network(model=_dropout_mlp(), resume=tmp_path / "b", callbacks=[spy2], **common)
+    assert spy2.started[0]["resumed_from"].endswith("checkpoint-00001-b00003.pt")
+    _assert_states_equal(whole.model.state_dict(), resumed.model.state_dict())
+    _assert_states_equal(whole.optimizer.state_dict(), resumed.optimizer.state_dict())
+    strip = [{k: v for k, v in row.items() if k != "time"} for row in whole.history]
+    assert [{k: v for k, v in row.items() if k != "time"} for row in resumed.history] == strip
+
+
+@pytest.mark.usefixtures("default_signals")
+def test_signal_at_epoch_end_saves_that_epoch(tmp_path: Path, digits: tuple) -> None:
+    spy = _Signal(signal.SIGINT, epoch=2, batch=None)
+    with pytest.raises(TrainingInterrupted, match="after 2 epochs; saved"):
+        train_network(
+            model="mlp", dataset=digits[0], epochs=5, checkpoint_every=10, progress=False,
+            checkpoint_dir=tmp_path, callbacks=[spy],
+        )  # fmt: skip
+    assert latest_checkpoint(tmp_path).name == "checkpoint-00002.pt"
+    assert read_checkpoint(tmp_path / "checkpoint-00002.pt")["epoch"] == 2
+
+
+def test_checkpoint_every_epoch_by_default_keeping_the_last_ones(tmp_path: Path) -> None:
+    common = {"model": "mlp", "dataset": "digits", "subset": 40, "progress": False}
+    result = train_network(epochs=5, checkpoint_dir=tmp_path / "a", **common)
+    names = [p.name for p in result.checkpoints]
+    assert names == ["checkpoint-00003.pt", "checkpoint-00004.pt", "checkpoint-00005.pt"]
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.pt")) == names
+    train_network(epochs=4, checkpoint_dir=tmp_path / "b", keep_checkpoints=0, **common)
+    assert len(list((tmp_path / "b").glob("*.pt"))) == 4
+    # A later checkpoint left by another run is never pruned.
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "checkpoint-00009.pt").write_bytes(b"someone else's")
+    train_network(epochs=3, checkpoint_dir=tmp_path / "c", keep_checkpoints=1, overwrite=True,
+                  **common)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == [
+        "checkpoint-00003.pt", "checkpoint-00009.pt",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="keep_checkpoints must be an int >= 0; got -1"):
+        train_network(epochs=1, keep_checkpoints=-1, **common)
+
+
+@pytest.mark.usefixtures("default_signals")
+def test_a_second_signal_stops_at_once(tmp_path: Path, digits: tuple) -> None:
+    class Twice(Callback):
+        def on_step(self, step: TrainingStep) -> None:
+            if (step.epoch, step.batch) == (1, 0):
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        train_network(
+            model="mlp", dataset=digits[0], epochs=2, batch_size=16, progress=False,
+            checkpoint_dir=tmp_path, callbacks=[Twice()],
+        )  # fmt: skip
+    assert not isinstance(info.value, TrainingInterrupted)
+    assert not list(tmp_path.glob("checkpoint-*"))
+    assert _handlers_restored()
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path: Path, digits: tuple) -> None:
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
+    try:
+        result = train_network(
+            model="mlp", dataset=digits[0], epochs=2, batch_size=16, progress=False,
+            checkpoint_dir=tmp_path, callbacks=[_Signal(signal.SIGINT, epoch=1, batch=0)],
+        )  # fmt: skip
+        assert [row["epoch"] for row in result.history] == [1, 2]  # not interrupted
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

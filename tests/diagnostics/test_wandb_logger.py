@@ -15,6 +15,7 @@ from diagnostics.wandb_logger import (
     WandbLogger,
     _effective_curvature,
     resolve_wandb_mode,
+    spectrum_step_curvature,
     step_metrics,
 )
 from lanczos_optim import LanczosNewton
@@ -124,7 +125,10 @@ def test_training_logs_optimizer_curvature_and_spectra(wandb_dir, monkeypatch):
     assert epoch["spectrum/ritz_histogram/_type"] == "histogram"
     assert sum(epoch["spectrum/ritz_histogram/values"]) == pytest.approx(1.0)
     assert epoch["spectrum/stem/_type"] == "image-file"
-    assert epoch["spectrum/eos"] == pytest.approx(epoch["spectrum/lambda_max"] * 1.0)
+    # LanczosNewton (lr 1, damping 1): the indicator is the damped step's, below 1 here.
+    assert epoch["spectrum/eos"] == pytest.approx(1.0 * epoch["spectrum/step_curvature"])
+    theta = max(epoch["spectrum/lambda_max"], -epoch["spectrum/lambda_min"])
+    assert epoch["spectrum/step_curvature"] == pytest.approx(theta / (theta + 1.0))
     assert "epoch/train_loss" in epoch
     # The API key is never written anywhere in the run folder.
     for path in wandb_dir.rglob("*"):
@@ -187,3 +191,129 @@ def test_disabled_mode_writes_nothing(wandb_dir):
     logger.log({"x": 1.0})
     logger.finish()
     assert not records.offline_runs(wandb_dir)
+
+
+# --------------------------------------------------------------- issue 11
+def _records(run_file: Path, kind: str) -> list:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    records.history(run_file)  # waits for the exit record
+    out = []
+    for chunk in records._chunks(run_file.read_bytes()):
+        rec = pb.Record()
+        rec.ParseFromString(chunk)
+        if rec.WhichOneof("record_type") == kind:
+            out.append(getattr(rec, kind))
+    return out
+
+
+def _summary(run_file: Path) -> dict:
+    import json
+
+    out: dict = {}
+    for summary in _records(run_file, "summary"):
+        out.update({i.key: json.loads(i.value_json) for i in summary.update})
+    return out
+
+
+def test_negative_mass_headline_leaves_out_the_ritz_value_nearest_zero(wandb_dir):
+    from lanczos_optim.optimizers._base import StepInfo
+
+    # The issue's case: 74 % of the mass on one Ritz value at -0.0043.
+    info = StepInfo(
+        ritz_values=torch.tensor([-0.5, -0.0043, 0.2, 3.0], dtype=torch.float64),
+        weights=torch.tensor([0.008, 0.742, 0.15, 0.1], dtype=torch.float64),
+        damping=1.0,
+    )
+    metrics = step_metrics(info)
+    assert metrics["curvature/negative_mass"] == pytest.approx(0.008)
+    assert metrics["curvature/negative_mass_raw"] == pytest.approx(0.75)
+
+    from diagnostics.spectrum import compute_eigenspectrum
+
+    torch.manual_seed(3)  # a spectrum whose Ritz value nearest zero is negative
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    data = (torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,)))
+    spectrum = compute_eigenspectrum(model, nn.CrossEntropyLoss(), data, lanczos_steps=20, seed=0)
+    logger = WandbLogger(mode="disabled")
+    payload = logger.spectrum_payload(spectrum)
+    logger.finish()
+    assert payload["spectrum/negative_mass"] == spectrum.negative_mass(exclude_nearest_zero=True)
+    assert payload["spectrum/negative_mass_raw"] == spectrum.negative_mass()
+    assert payload["spectrum/negative_mass"] < payload["spectrum/negative_mass_raw"]
+
+
+def test_epoch_spectrum_uses_the_lr_in_force_and_the_damped_curvature(wandb_dir):
+    from diagnostics.datasets import load_dataset
+
+    x, y = load_dataset("digits", subset=64).tensors
+    logger = WandbLogger(mode="offline", spectrum_every=2, spectrum_data=[(x, y)], lanczos_steps=6)
+    result = train_network(
+        model="mlp", dataset=load_dataset("digits", subset=64), epochs=2, batch_size=32,
+        optimizer="lanczos_newton", optimizer_kwargs={"lanczos_steps": 3, "damping": 2.0},
+        schedule="linear", callbacks=[logger], progress=False,
+    )  # fmt: skip
+    # The linear schedule dropped the lr to 1 % after the last epoch; epoch 2 ran at lr 1.
+    assert result.history[-1]["lr"] == 1.0
+    assert result.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    row = next(r for r in _rows(wandb_dir) if "spectrum/eos" in r)
+    theta = max(row["spectrum/lambda_max"], -row["spectrum/lambda_min"])
+    assert row["spectrum/step_curvature"] == pytest.approx(theta / (theta + 2.0))
+    assert row["spectrum/eos"] == pytest.approx(1.0 * row["spectrum/step_curvature"])
+    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    assert spectrum_step_curvature([-3.0, 2.0], sgd) == 2.0  # gradient steps: lambda_max
+
+
+def test_config_and_one_epoch_key(wandb_dir):
+    from diagnostics.datasets import load_dataset
+
+    logger = WandbLogger(mode="offline", config={"purpose": "test"})
+    train_network(
+        model="mlp", dataset=load_dataset("digits", subset=64), epochs=2, batch_size=32,
+        callbacks=[logger], progress=False,
+    )  # fmt: skip
+    rows = _rows(wandb_dir)
+    config = next(r["__config__"] for r in rows if "__config__" in r)
+    assert config["purpose"] == "test"
+    assert (config["lr"], config["optimizer_kwargs"]) == (0.05, {"lr": 0.05, "momentum": 0.9})
+    assert config["model"] == "mlp"
+    keys = {k for r in rows for k in r}
+    assert "epoch" in keys
+    assert not [k for k in keys if k.startswith("epoch/epoch")]
+    epochs = [r for r in rows if "epoch/train_loss" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+
+
+def test_interrupted_run_is_marked_and_resumed_with_the_same_id(wandb_dir):
+    from diagnostics.training import TrainingInterrupted
+
+    first = WandbLogger(mode="offline")
+    run_id = first.run_id
+    first.log({"x": 1.0}, step=1)
+    err = TrainingInterrupted(
+        "stopped", signum=2, checkpoint=Path("out/checkpoint-00004-b00002.pt"), epochs_done=4,
+        batches_done=2,
+    )  # fmt: skip
+    first.on_interrupt(err)
+    assert first.run is None
+    (run_file,) = records.offline_runs(wandb_dir)
+    summary = _summary(run_file)
+    assert summary["interrupted"] is True
+    assert summary["interrupted_by"] == "SIGINT"
+    assert summary["interrupted_after_epochs"] == 4
+    assert summary["interrupted_checkpoint"].endswith("checkpoint-00004-b00002.pt")
+    (exit_record,) = _records(run_file, "exit")
+    assert exit_record.exit_code == 255
+    assert list(_records(run_file, "run")[-1].tags) == ["interrupted"]
+
+    second = WandbLogger(mode="offline", run_id=run_id)
+    assert second.run_id == run_id
+    second.log({"x": 2.0}, step=2)
+    second.on_train_end(None)
+    runs = records.offline_runs(wandb_dir)
+    assert len(runs) == 2
+    assert {r.name for r in runs} == {f"run-{run_id}.wandb"}
+    later = next(r for r in runs if r != run_file)
+    assert _summary(later)["interrupted"] is False
+    (exit_record,) = _records(later, "exit")
+    assert exit_record.exit_code == 0
