@@ -95,10 +95,18 @@ def _run_density(batch: bool) -> Case:
     return run
 
 
-def _run_krylov(v0: str | None) -> Case:
+def _run_krylov(v0: str | None, block_size: int = 1) -> Case:
     def run(s: _Inputs) -> list[torch.Tensor]:
         d, info = krylov_solve(
-            s.dense, s.v7, 4, 1.0, "abs", v0=v0, generator=s.gen, return_info=True
+            s.dense,
+            s.v7,
+            4,
+            1.0,
+            "abs",
+            v0=v0,
+            generator=s.gen,
+            return_info=True,
+            block_size=block_size,
         )
         return [d, info.ritz_values, info.apply(s.v7)]
 
@@ -145,6 +153,7 @@ CASES: dict[str, Case] = {
     "spectral_density_batched": _run_density(True),
     "krylov_solve_in_span": _run_krylov(None),
     "krylov_solve_random": _run_krylov("random"),
+    "krylov_solve_blocks": _run_krylov(None, block_size=3),
     **{
         f"{cls.__name__}-{bn}-{'kept' if cache else 'rebuilt'}": _run_operator(cls, bn, cache)
         for cls in (HessianOperator, GGNOperator)
@@ -156,6 +165,7 @@ CASES: dict[str, Case] = {
         LanczosNewton, krylov_start="random", momentum=0.9, weight_decay=1e-3
     ),
     "LanczosNewton-reuse-basis": _run_optimizer(LanczosNewton, update_every=2),
+    "LanczosNewton-blocks": _run_optimizer(LanczosNewton, block_size=3),
     "LanczosSaddleFreeNewton": _run_optimizer(LanczosSaddleFreeNewton),
     "LanczosSaddleFreeNewton-random-reuse": _run_optimizer(
         LanczosSaddleFreeNewton, krylov_start="random", update_every=3

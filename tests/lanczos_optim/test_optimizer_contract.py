@@ -62,6 +62,8 @@ ERROR_CASES = {
     "max-step-norm": (dict(max_step_norm=0.0), ValueError, r"Invalid max_step_norm value: 0.0"),
     "seed-negative": (dict(seed=-1), ValueError, r"Invalid seed: -1"),
     "seed-float": (dict(seed=1.5), ValueError, r"Invalid seed: 1.5"),
+    "block-size-zero": (dict(block_size=0), ValueError, r"Invalid block_size value: 0"),
+    "block-size-float": (dict(block_size=2.0), ValueError, r"Invalid block_size value: 2.0"),
 }
 
 
@@ -230,7 +232,13 @@ VALID_CONFIGS = {
     ),
     "newton-update-every": (LanczosNewton, dict(update_every=3, lanczos_steps=5)),
     "newton-step-bound": (LanczosNewton, dict(max_step_norm=0.05)),
+    "newton-blocks": (LanczosNewton, dict(block_size=3, lanczos_steps=7)),
+    "newton-blocks-reuse": (LanczosNewton, dict(block_size=2, lanczos_steps=4, update_every=2)),
     "saddle-free-default": (LanczosSaddleFreeNewton, {}),
+    "saddle-free-blocks-random": (
+        LanczosSaddleFreeNewton,
+        dict(block_size=4, krylov_start="random", lanczos_steps=8),
+    ),
     "saddle-free-random-every-momentum": (
         LanczosSaddleFreeNewton,
         dict(krylov_start="random", update_every=2, momentum=0.5, lanczos_steps=6),

@@ -78,8 +78,9 @@ ONE_STEP_CASES = {
 }
 
 
+@pytest.mark.parametrize("block_size", [1, 3], ids=["lanczos", "block-3"])
 @pytest.mark.parametrize("case", ONE_STEP_CASES, ids=list(ONE_STEP_CASES))
-def test_one_full_krylov_step_matches_dense_closed_form(case: str) -> None:
+def test_one_full_krylov_step_matches_dense_closed_form(case: str, block_size: int) -> None:
     cls, curvature, lr, delta, wd = ONE_STEP_CASES[case]
     prob = _Problem()
     w0 = prob.w0
@@ -100,6 +101,8 @@ def test_one_full_krylov_step_matches_dense_closed_form(case: str) -> None:
         weight_decay=wd,
         max_step_norm=None,
         krylov_start="gradient",  # the gradient lies in the Krylov space: exact with m = P
+        block_size=block_size,
+        seed=0,
     )
     opt.step(prob.closure)
     torch.testing.assert_close(prob.flat(), w0 - lr * d, rtol=0, atol=1e-8)
@@ -108,6 +111,7 @@ def test_one_full_krylov_step_matches_dense_closed_form(case: str) -> None:
     if "clips" in case:
         assert clipped > 0
     assert info.krylov_fraction == pytest.approx(1.0, abs=1e-9)
+    assert 0 < info.num_products <= p  # fewer when the Krylov space became invariant
     step = lr * d
     assert info.predicted_decrease == pytest.approx(
         float(g @ step - 0.5 * step @ c @ step), rel=1e-6
@@ -241,3 +245,32 @@ def test_logistic_regression_on_digits_beats_sgd() -> None:
     )
     assert newton < 0.5 * sgd
     assert saddle_free < 0.5 * sgd
+
+
+def test_block_products_are_vmapped_and_equal_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lanczos_optim import _graph_products
+
+    real_many = _graph_products.BatchedProduct.many
+    passes: list[tuple[int, bool]] = []
+
+    def run(vmapped: bool) -> torch.Tensor:
+        def many(self, columns):
+            self.vmapped = self.vmapped and vmapped  # False: the column-by-column fallback
+            out = real_many(self, columns)
+            passes.append((len(columns), self.vmapped))
+            return out
+
+        monkeypatch.setattr(_graph_products.BatchedProduct, "many", many)
+        prob = _Problem()
+        opt = LanczosNewton(prob.params, lanczos_steps=8, block_size=3, seed=0)
+        opt.step(prob.closure)
+        assert opt.last_info.num_products == 8
+        return prob.flat()
+
+    batched = run(True)
+    # One vmapped pass per block, the last cut to the budget.
+    assert passes == [(3, True), (3, True), (2, True)]
+    passes.clear()
+    looped = run(False)
+    assert passes == [(3, False), (3, False), (2, False)]
+    torch.testing.assert_close(batched, looped, rtol=0, atol=1e-12)
