@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU check (at most ~8 minutes): installs the package if needed, prints the GPU,
-# then times full-data Lanczos iterations of VGG16 on CIFAR-100-shaped data (benchmarks/gpu_check.py).
+# One prepared GPU check (at most ~9 minutes): installs the package if needed, prints the GPU,
+# then (1) one optimiser step of SGD, Adam, LanczosNewton and LanczosSaddleFreeNewton on a
+# CUDA ResNet-18 with batch 128, as multiples of the SGD step (benchmarks/step_cost.py), and
+# (2) full-data Lanczos iterations of VGG16 on CIFAR-100-shaped data per precision policy
+# (benchmarks/gpu_check.py).
 # Usage on a CUDA machine, from the repository root:  bash benchmarks/gpu_check.sh [--samples N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +13,7 @@ if ! "$PY" -c "import lanczos_optim, diagnostics" 2>/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 export PYTHONUNBUFFERED=1
-timeout 480 "$PY" benchmarks/gpu_check.py "$@"
+if [ "${1:-}" != "--cpu-smoke" ]; then
+  timeout 150 "$PY" benchmarks/step_cost.py --device cuda --repeats 3 || echo "step_cost: failed ($?)"
+fi
+timeout 390 "$PY" benchmarks/gpu_check.py "$@"

@@ -5,6 +5,7 @@ comparisons, random matrices, plots, result files, W&B logging, the training har
 ``lanczos-optim`` command line. BackPACK and W&B are imported only when used.
 """
 
+from diagnostics._interrupt import TrainingInterrupted
 from diagnostics.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from diagnostics.compare import compare_to_spectrum
 from diagnostics.datasets import DATASETS, dataset_info, load_dataset
@@ -15,6 +16,7 @@ from diagnostics.diagonal import (
     diagonal_approximations,
     hutchinson_diagonal,
 )
+from diagnostics.epoch_spectra import EpochSpectra
 from diagnostics.landscape import Landscape, build_loss_landscape, select_directions
 from diagnostics.models import MODELS, VGG16, PreResNet, build_model, mlp, small_cnn
 from diagnostics.optimizers import OPTIMIZERS, build_optimizer, train_step
@@ -24,8 +26,10 @@ from diagnostics.plots import (
     plot_landscape_2d,
     plot_runs,
     plot_spectrum,
+    plot_statistics,
     plot_training_curves,
     rows_to_history,
+    spectrum_title,
 )
 from diagnostics.random_matrices import (
     marchenko_pastur,
@@ -77,10 +81,13 @@ __all__ = [
     "plot_landscape_2d",
     "plot_runs",
     "plot_spectrum",
+    "plot_statistics",
     "plot_training_curves",
+    "spectrum_title",
     "rows_to_history",
     # training harness
     "Callback",
+    "EpochSpectra",
     "DATASETS",
     "MODELS",
     "OPTIMIZERS",
@@ -99,6 +106,7 @@ __all__ = [
     "read_checkpoint",
     "save_checkpoint",
     "small_cnn",
+    "TrainingInterrupted",
     "train_network",
     "train_step",
     # logging and the demo

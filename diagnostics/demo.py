@@ -137,6 +137,8 @@ def run_demo(
                 save_eigvec=curvature == "hessian",
                 seed=0,
             )
+            prov = {"model": "mlp", "dataset": "digits", "subset": cfg["subset"]}
+            spectra[curvature].meta.setdefault("provenance", {}).update(prov)
             spectra[curvature].save(out / f"spectrum_{curvature}.npz")
             plot_spectrum(spectra[curvature], path=out / f"spectrum_{curvature}.png")
             s = spectra[curvature].summary()
@@ -156,6 +158,7 @@ def run_demo(
         plot_spectrum(
             spectra["ggn"],
             diagonal=diagonals["diag_ggn_exact"].numpy(),
+            diagonal_label="diag_ggn_exact",
             log=True,
             path=out / "diagonal_vs_lanczos.png",
         )

@@ -79,9 +79,6 @@ def _run(
         curvature="hessian",
         lanczos_steps=args.spectrum_steps,
         finish_on_train_end=False,  # the final spectrum below goes into the same run
-        # lr * lambda_max < 2 is gradient descent's stability limit; a Newton step scales the
-        # top direction by lr / (lambda + damping) instead, so no warning for it.
-        eos_threshold=1.8 if name == "sgd" else float("inf"),
     )
     try:
         result = train_network(

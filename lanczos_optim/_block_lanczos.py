@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+_DGKS = 2**-0.5  # a second Gram-Schmidt pass when a column kept less than this share
 _CUT = 2 / 3  # columns whose norm falls below eps**_CUT * ||T|| are dropped (as in `lanczos`)
 
 
@@ -72,53 +73,51 @@ def block_lanczos(
     # Householder QR keeps the first column's direction: it is the vector whose quadrature
     # weights are reported (and, for an optimiser, the gradient, which then lies in the space).
     q = torch.linalg.qr(start[:, : min(start.shape[1], dim)]).Q
-    blocks: list[Tensor] = []
+    budget = min(num_products, dim)
+    store = torch.empty(budget, dim, dtype=dtype, device=device)  # basis rows, filled in order
+    offsets = [0]  # block j is store[offsets[j] : offsets[j + 1]]
     h_cols: list[Tensor] = []  # H_j: [dims so far incl. block j, b_j] float64 on the CPU
     r_blocks: list[Tensor] = []  # R_{j+1}: [b_{j+1}, b_j]
     cut: Tensor | None = None  # rows of R for the columns a cut last block left out
-    budget = min(num_products, dim)
     used = 0
     anorm = 0.0
-    breakdown = False
     r_last = torch.zeros(0, 0, dtype=torch.float64, device="cpu")
     while used < budget and q.shape[1] > 0:
         if q.shape[1] > budget - used:
             cut = r_blocks[-1][budget - used :] if r_blocks else None
             q = q[:, : budget - used]
-        blocks.append(q)
-        w = matmat(q).to(dtype)
+        width = q.shape[1]
+        store[used : used + width] = q.T
+        offsets.append(used + width)
+        w = matmat(store[used : used + width].T).to(dtype)
         if w.shape != q.shape:
             raise ValueError(f"matmat returned shape {tuple(w.shape)}; expected {tuple(q.shape)}.")
         if not bool(torch.isfinite(w).all()):
             raise FloatingPointError("Block Lanczos: the operator returned non-finite values.")
-        used += q.shape[1]
-        basis = torch.cat(blocks, dim=1)
-        h = basis.T @ w
-        w = w - basis @ h
-        h2 = basis.T @ w  # second Gram-Schmidt pass
-        w = w - basis @ h2
-        h = (h + h2).double().cpu()
+        used += width
+        basis = store[:used]  # [used, P], contiguous rows
+        before = torch.linalg.vector_norm(w, dim=0)
+        h = basis @ w
+        w = w - basis.T @ h
+        if bool((torch.linalg.vector_norm(w, dim=0) < _DGKS * before).any()):
+            h2 = basis @ w  # second Gram-Schmidt pass where the first cancelled much
+            w = w - basis.T @ h2
+            h = h + h2
+        h = h.double().cpu()
         h_cols.append(h)
         anorm = max(anorm, float(torch.linalg.matrix_norm(h, ord=2)))
-        q_next, r = _orthonormal_columns(w, eps**_CUT * max(anorm, 1e-300))
+        q, r = _orthonormal_columns(w, eps**_CUT * max(anorm, 1e-300))
         r_last = r
-        if used < budget and q_next.shape[1] == 0:
-            breakdown = True
         if used < budget:
             r_blocks.append(r)
-        q = q_next
-    if q.shape[1] == 0 and used < budget:
-        breakdown = True
+    breakdown = used < budget
 
     m = used
     t = torch.zeros(m, m, dtype=torch.float64, device="cpu")
-    offsets = [0]
-    for b in blocks:
-        offsets.append(offsets[-1] + b.shape[1])
     for j, h in enumerate(h_cols):
         t[: offsets[j + 1], offsets[j] : offsets[j + 1]] = h
-        if j < len(r_blocks) and j + 1 < len(blocks):
-            r = r_blocks[j][: blocks[j + 1].shape[1]]
+        if j + 2 < len(offsets):
+            r = r_blocks[j][: offsets[j + 2] - offsets[j + 1]]
             t[offsets[j + 1] : offsets[j + 2], offsets[j] : offsets[j + 1]] = r
     t = (t + t.T) / 2
     theta, s = torch.linalg.eigh(t)
@@ -129,8 +128,7 @@ def block_lanczos(
     if cut is not None and cut.shape[0] > 0:  # triangle inequality: a bound, as documented
         before = s[offsets[-3] : offsets[-2]]
         residuals += torch.linalg.vector_norm(cut @ before, dim=0)
-    basis = torch.cat(blocks, dim=1)
-    u = basis @ s.to(device=device, dtype=dtype)
+    u = store[:m].T @ s.to(device=device, dtype=dtype)
     u = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
     return BlockLanczosResult(
         ritz_values=theta,

@@ -42,8 +42,12 @@ class BatchedProduct:
         return [self._one(col) for col in columns]
 
 
-def _fill(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> list[Tensor]:
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+def _fill(
+    grads: Sequence[Tensor | None], params: Sequence[Tensor], batch: int | None = None
+) -> list[Tensor]:
+    """Zeros (``[batch, *shape]`` for batched products) where a parameter got no gradient."""
+    shape = (lambda p: p.shape) if batch is None else (lambda p: (batch, *p.shape))
+    return [p.new_zeros(shape(p)) if g is None else g for g, p in zip(grads, params, strict=True)]
 
 
 def check_scalar_loss(loss: object) -> Tensor:
@@ -86,7 +90,7 @@ def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor
     def batched(vs: list[Tensor]) -> list[Tensor]:
         k = vs[0].shape[0]
         if not live:
-            return [p.new_zeros((k, *p.shape)) for p in params]
+            return _fill([None] * len(params), params, batch=k)
         hv = torch.autograd.grad(
             [grads[i] for i in live],
             params,
@@ -95,9 +99,7 @@ def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor
             allow_unused=True,
             is_grads_batched=True,
         )
-        return [
-            p.new_zeros((k, *p.shape)) if h is None else h for h, p in zip(hv, params, strict=True)
-        ]
+        return _fill(hv, params, batch=k)
 
     detached = _fill([None if g is None else g.detach() for g in grads], params)
     return detached, BatchedProduct(product, batched)
@@ -162,7 +164,7 @@ def ggn_product(
     def batched(vs: list[Tensor]) -> list[Tensor]:
         k = vs[0].shape[0]
         if not live:
-            return [p.new_zeros((k, *p.shape)) for p in params]
+            return _fill([None] * len(params), params, batch=k)
         (jv,) = torch.autograd.grad(
             [jt_dummy[i] for i in live],
             dummy,
@@ -178,9 +180,7 @@ def ggn_product(
             allow_unused=True,
             is_grads_batched=True,
         )
-        return [
-            p.new_zeros((k, *p.shape)) if g is None else g for g, p in zip(gv, params, strict=True)
-        ]
+        return _fill(gv, params, batch=k)
 
     detached = _fill([None if g is None else g.detach() for g in grads], params)
     return detached, BatchedProduct(product, batched)
