@@ -6,7 +6,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +16,12 @@ from torch.optim import Optimizer
 from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_product
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
+from lanczos_optim.optimizers._closure_curvature import (
+    _ClosureCurvature,
+    _mean_over_ranks,
+    _world_size,
+)
+from lanczos_optim.optimizers.step_info import StepInfo
 
 __all__ = ["CURVATURES", "KRYLOV_STARTS", "StepInfo"]
 
@@ -36,77 +41,6 @@ _CACHE_KEYS = (
     "basis_age",
 )
 _FREED_GRAPH = "backward through the graph a second time"
-
-
-def _empty64() -> Tensor:
-    return torch.zeros(0, dtype=torch.float64, device="cpu")
-
-
-@dataclass
-class StepInfo:
-    r"""What one optimiser step measured (``optimizer.last_info``).
-
-    Attributes:
-        step: Number of steps taken so far, this one included (skipped steps not counted).
-        skipped: Whether the step was skipped (parameters and state unchanged).
-        reason: Why it was skipped, or ``None``.
-        loss: The closure's loss before the step.
-        grad_norm: Norm of the gradient used (weight decay included).
-        ritz_values: Ritz values of the curvature (weight decay included), float64 ascending.
-        weights: Gauss quadrature weights of the Lanczos start vector, float64.
-        residuals: Residual bounds of the Ritz pairs, float64.
-        krylov_fraction: Share of :math:`\|g\|^2` inside the Krylov space.
-        predicted_decrease: Decrease of the quadratic model for the Newton step
-            :math:`-\mathrm{lr}\,d` (shortened by ``max_step_norm`` if active, momentum not
-            included), with the curvature measured inside the Krylov space.
-        num_clipped: Ritz values :math:`\le -\delta` treated as zero curvature (LanczosNewton).
-        num_products: Curvature-vector products this step (0 when the basis was reused).
-        basis_age: Steps since the eigenbasis was computed (0: computed this step).
-        step_norm: Norm of the parameter update.
-        step_scale: Factor applied by ``max_step_norm`` (1.0 when the bound was inactive).
-        step_curvature: :math:`\mathrm{lr}^2\, d^\top |C| d` for the (bounded) Newton step,
-            inside the Krylov space: how far the step moves the model's outputs (for the GGN of
-            a cross-entropy loss, about twice the mean KL divergence of the predictions).
-        lr: Learning rate used.
-        damping: Damping used.
-        closure_seconds: Time in the closure (the forward pass).
-        gradient_seconds: Time computing the gradient (and the graph the products need).
-        product_seconds: Time inside curvature-vector products.
-        bookkeeping_seconds: The rest: Lanczos orthogonalisation, eigensolver, the update.
-        total_seconds: Whole step.
-    """
-
-    step: int = 0
-    skipped: bool = False
-    reason: str | None = None
-    loss: float = math.nan
-    grad_norm: float = math.nan
-    ritz_values: Tensor = field(default_factory=_empty64)
-    weights: Tensor = field(default_factory=_empty64)
-    residuals: Tensor = field(default_factory=_empty64)
-    krylov_fraction: float = math.nan
-    predicted_decrease: float = math.nan
-    num_clipped: int = 0
-    num_products: int = 0
-    basis_age: int = 0
-    step_norm: float = 0.0
-    step_scale: float = 1.0
-    step_curvature: float = 0.0
-    lr: float = math.nan
-    damping: float = math.nan
-    closure_seconds: float = 0.0
-    gradient_seconds: float = 0.0
-    product_seconds: float = 0.0
-    bookkeeping_seconds: float = 0.0
-    total_seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the record with tensors as lists of floats (for loggers)."""
-        out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            out[name] = value.tolist() if isinstance(value, Tensor) else value
-        return out
 
 
 def _cpu64(values: Sequence[float]) -> Tensor:
@@ -158,23 +92,6 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
         raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
 
 
-def _world_size() -> int:
-    """Number of ``torch.distributed`` ranks (1 when not initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def _mean_over_ranks(flat: Tensor) -> Tensor:
-    """All-reduce a flat tensor to its mean over ranks (identity in one process)."""
-    world = _world_size()
-    if world == 1:
-        return flat
-    flat = flat.clone()
-    dist.all_reduce(flat)
-    return flat / world
-
-
 def _graph_leaves(root: Any, stop: Any = None) -> tuple[set[int], bool]:
     """Ids of the leaf tensors reached from autograd node ``root``, not walking past ``stop``.
 
@@ -198,42 +115,6 @@ def _graph_leaves(root: Any, stop: Any = None) -> tuple[set[int], bool]:
             continue
         stack.extend(fn for fn, _ in node.next_functions)
     return found, reached_stop
-
-
-class _ClosureCurvature:
-    """The curvature of the closure's graph (plus weight decay) as a flat linear operator.
-
-    Products are averaged over ``torch.distributed`` ranks; :meth:`matmat` multiplies several
-    vectors in one vmapped backward pass where the graph allows it.
-    """
-
-    def __init__(self, product: BatchedProduct, live: list[Tensor], wd: float, like: Tensor):
-        self._product, self._live, self._wd = product, live, wd
-        self.shape = (like.numel(), like.numel())
-        self.dtype, self.device = like.dtype, like.device
-        self.sync_vector = _rank0_vector if _world_size() > 1 else None
-
-    def _finish(self, out: Tensor, v: Tensor) -> Tensor:
-        out = _mean_over_ranks(out)
-        return out + self._wd * v if self._wd != 0.0 else out
-
-    def matvec(self, v: Tensor) -> Tensor:
-        with torch.enable_grad():
-            out = flatten_tensors(self._product(unflatten_vector(v, self._live)))
-        return self._finish(out, v)
-
-    def matmat(self, m: Tensor) -> Tensor:
-        columns = [unflatten_vector(m[:, k], self._live) for k in range(m.shape[1])]
-        with torch.enable_grad():
-            prods = self._product.many(columns)
-        return self._finish(torch.stack([flatten_tensors(p) for p in prods], dim=1), m)
-
-
-def _rank0_vector(v: Tensor) -> Tensor:
-    """Rank 0's copy of ``v`` on every rank."""
-    v = v.clone()
-    dist.broadcast(v, src=0)
-    return v
 
 
 class _LanczosNewtonBase(Optimizer):

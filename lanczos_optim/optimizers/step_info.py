@@ -1,0 +1,83 @@
+"""The per-step record of the Lanczos Newton optimisers (``optimizer.last_info``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["StepInfo"]
+
+
+def _empty64() -> Tensor:
+    return torch.zeros(0, dtype=torch.float64, device="cpu")
+
+
+@dataclass
+class StepInfo:
+    r"""What one optimiser step measured (``optimizer.last_info``).
+
+    Attributes:
+        step: Number of steps taken so far, this one included (skipped steps not counted).
+        skipped: Whether the step was skipped (parameters and state unchanged).
+        reason: Why it was skipped, or ``None``.
+        loss: The closure's loss before the step.
+        grad_norm: Norm of the gradient used (weight decay included).
+        ritz_values: Ritz values of the curvature (weight decay included), float64 ascending.
+        weights: Gauss quadrature weights of the Lanczos start vector, float64.
+        residuals: Residual bounds of the Ritz pairs, float64.
+        krylov_fraction: Share of :math:`\|g\|^2` inside the Krylov space.
+        predicted_decrease: Decrease of the quadratic model for the Newton step
+            :math:`-\mathrm{lr}\,d` (shortened by ``max_step_norm`` if active, momentum not
+            included), with the curvature measured inside the Krylov space.
+        num_clipped: Ritz values :math:`\le -\delta` treated as zero curvature (LanczosNewton).
+        num_products: Curvature-vector products this step (0 when the basis was reused).
+        basis_age: Steps since the eigenbasis was computed (0: computed this step).
+        step_norm: Norm of the parameter update.
+        step_scale: Factor applied by ``max_step_norm`` (1.0 when the bound was inactive).
+        step_curvature: :math:`\mathrm{lr}^2\, d^\top |C| d` for the (bounded) Newton step,
+            inside the Krylov space: how far the step moves the model's outputs (for the GGN of
+            a cross-entropy loss, about twice the mean KL divergence of the predictions).
+        lr: Learning rate used.
+        damping: Damping used.
+        closure_seconds: Time in the closure (the forward pass).
+        gradient_seconds: Time computing the gradient (and the graph the products need).
+        product_seconds: Time inside curvature-vector products.
+        bookkeeping_seconds: The rest: Lanczos orthogonalisation, eigensolver, the update.
+        total_seconds: Whole step.
+    """
+
+    step: int = 0
+    skipped: bool = False
+    reason: str | None = None
+    loss: float = math.nan
+    grad_norm: float = math.nan
+    ritz_values: Tensor = field(default_factory=_empty64)
+    weights: Tensor = field(default_factory=_empty64)
+    residuals: Tensor = field(default_factory=_empty64)
+    krylov_fraction: float = math.nan
+    predicted_decrease: float = math.nan
+    num_clipped: int = 0
+    num_products: int = 0
+    basis_age: int = 0
+    step_norm: float = 0.0
+    step_scale: float = 1.0
+    step_curvature: float = 0.0
+    lr: float = math.nan
+    damping: float = math.nan
+    closure_seconds: float = 0.0
+    gradient_seconds: float = 0.0
+    product_seconds: float = 0.0
+    bookkeeping_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record with tensors as lists of floats (for loggers)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = value.tolist() if isinstance(value, Tensor) else value
+        return out
