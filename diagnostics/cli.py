@@ -31,10 +31,10 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default in the help only where there is one (not None, not a False flag)."""
+    """Show a default in the help only where there is one (not None, a False flag or [])."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
+        if action.default is None or action.default is False or action.default == []:
             return action.help
         return super()._get_help_string(action)
 
@@ -59,7 +59,7 @@ def _lr_help() -> str:
         extra = "".join(f" {k} {v:g}" for k, v in defaults.items() if k != "lr")
         shown.append(f"{name} {defaults['lr']:g}{' with' + extra if extra else ''}")
     return (
-        "initial learning rate; None: the optimiser's default (" + ", ".join(shown) + "; other "
+        "initial learning rate; default: the optimiser's own (" + ", ".join(shown) + "; other "
         "torch.optim classes their own), recorded in the checkpoint and the W&B config"
     )
 
@@ -88,10 +88,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--schedule", default="linear", help="linear (paper eq. 11), cosine, constant")
     p.add_argument("--swa", action="store_true", help="stochastic weight averaging")
-    p.add_argument("--swa-start", type=int, help="first averaged epoch; None: 75%% of --epochs")
-    p.add_argument("--swa-lr", type=float, help="lr while averaging; None: 0.1 x the initial lr")
+    p.add_argument("--swa-start", type=int, help="first averaged epoch; default: 75%% of --epochs")
+    p.add_argument("--swa-lr", type=float, help="lr while averaging; default: 0.1 x the initial lr")
     p.add_argument(
-        "--out", help="folder for checkpoints, stats, spectra; None: the --resume folder, else "
+        "--out", help="folder for checkpoints, stats, spectra; default: the --resume folder, else "
         "results/train"
     )  # fmt: skip
     p.add_argument(
@@ -106,7 +106,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--wandb",
         choices=("online", "offline", "disabled"),
-        help="W&B mode; None: online with an API key, else offline",
+        help="W&B mode; default: online with an API key, else offline",
     )
     p.add_argument(
         "--spectrum-every",
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lanczos-optim",
         description="Lanczos curvature of deep networks: train, spectra, statistics, "
         "landscapes, diagonal approximations, plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a network (any optimiser, SWA, checkpoints, W&B)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     _train_args(p)
 
@@ -229,19 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="image path (.png or .pdf; default: beside the first input)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing image")
-    _plot_args(p, log=None, log_help="logarithmic y axis (None: spectra yes, training curves no)")
+    _plot_args(
+        p, log=None, log_help="logarithmic y axis (default: spectra yes, training curves no)"
+    )
 
     p = sub.add_parser(
         "demo",
         help="the offline end-to-end demo on digits (a few minutes)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     p.add_argument("--out", default="results/demo", help="folder for every output")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run")
     p.add_argument(
         "--wandb",
         choices=("online", "offline", "disabled"),
-        help="W&B mode; None: online with an API key, else offline",
+        help="W&B mode; default: online with an API key, else offline",
     )
     return parser
 
