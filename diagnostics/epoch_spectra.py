@@ -31,7 +31,7 @@ from torch import nn
 
 from diagnostics._training_loop import Callback
 
-__all__ = ["SPECTRA_FOLDER", "EpochSpectra", "spectrum_filename"]
+__all__ = ["SPECTRA_FOLDER", "EpochSpectra", "epoch_spectrum", "spectrum_filename"]
 
 #: Sub-folder of the output folder that holds the spectra.
 SPECTRA_FOLDER = "spectra"
@@ -45,6 +45,38 @@ def spectrum_filename(epoch: int) -> str:
         'spectrum-epoch-00005.npz'
     """
     return f"spectrum-epoch-{epoch:05d}.npz"
+
+
+def epoch_spectrum(
+    model: nn.Module,
+    data: object,
+    epoch: int,
+    lr: float,
+    *,
+    loss_fn: Callable[..., torch.Tensor],
+    curvature: str,
+    lanczos_steps: int,
+    bn_mode: str,
+) -> Any:
+    """The spectrum after ``epoch`` epochs (probe seeded by the epoch), tagged with epoch and lr.
+
+    ``lr`` is the learning rate that was in force during the epoch (the history row's), which
+    the edge-of-stability indicator needs.
+    """
+    from diagnostics.spectrum import compute_eigenspectrum
+
+    spectrum = compute_eigenspectrum(
+        model,
+        loss_fn,
+        data,
+        curvature=curvature,
+        lanczos_steps=lanczos_steps,
+        bn_mode=bn_mode,
+        seed=epoch,
+    )
+    spectrum.meta["epoch"] = epoch
+    spectrum.meta["lr"] = lr
+    return spectrum
 
 
 class EpochSpectra(Callback):
@@ -100,20 +132,17 @@ class EpochSpectra(Callback):
         """Every ``every`` epochs: compute, save and log the spectrum."""
         if epoch % self.every:
             return
-        from diagnostics.spectrum import compute_eigenspectrum
-
-        spectrum = compute_eigenspectrum(
+        lr = float(metrics.get("lr", optimizer.param_groups[0]["lr"]))  # the harness: lr used
+        spectrum = epoch_spectrum(
             model,
-            self.loss_fn,
             self.data,
+            epoch,
+            lr,
+            loss_fn=self.loss_fn,
             curvature=self.curvature,
             lanczos_steps=self.lanczos_steps,
             bn_mode=self.bn_mode,
-            seed=epoch,
         )
-        lr = float(metrics.get("lr", optimizer.param_groups[0]["lr"]))  # the harness: lr used
-        spectrum.meta["epoch"] = epoch
-        spectrum.meta["lr"] = lr
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / spectrum_filename(epoch)

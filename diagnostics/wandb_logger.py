@@ -316,19 +316,20 @@ class WandbLogger(Callback):
         row["epoch"] = epoch
         self.log(row)
         if self.spectrum_every and epoch % self.spectrum_every == 0:
-            from diagnostics.spectrum import compute_eigenspectrum
+            from diagnostics.epoch_spectra import epoch_spectrum
 
-            spectrum = compute_eigenspectrum(
+            lr = float(metrics.get("lr", optimizer.param_groups[0]["lr"]))  # the harness: lr used
+            spectrum = epoch_spectrum(
                 model,
-                self.loss_fn,
                 self.spectrum_data,
+                epoch,
+                lr,
+                loss_fn=self.loss_fn,
                 curvature=self.curvature,
                 lanczos_steps=self.lanczos_steps,
                 bn_mode=self.bn_mode,
-                seed=epoch,
             )
-            lr = metrics.get("lr", optimizer.param_groups[0]["lr"])  # the harness gives the lr used
-            self.log_epoch_spectrum(spectrum, float(lr), optimizer)
+            self.log_epoch_spectrum(spectrum, lr, optimizer)
 
     def log_epoch_spectrum(
         self, spectrum: Any, lr: float, optimizer: torch.optim.Optimizer, prefix: str = "spectrum"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 import torch
@@ -20,3 +22,22 @@ def _one_thread() -> None:
     # The tests use tiny models: on the shared 2-core machine, thread-pool overhead made dense
     # reference computations several times slower than a single thread.
     torch.set_num_threads(1)
+
+
+@contextmanager
+def _meta_default_device() -> Iterator[None]:
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+@pytest.fixture
+def device_trap() -> Callable[[], AbstractContextManager[None]]:
+    """A context in which tensors created without ``device=`` land on ``meta``.
+
+    Mixing such a tensor with the CPU tensors of a model raises, as mixing CPU and CUDA tensors
+    would on a GPU: the device-placement tests use it to catch device mixing without a GPU.
+    """
+    return _meta_default_device

@@ -7,8 +7,7 @@ mixing it with the model's tensors raises, as mixing CPU and CUDA tensors would 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -22,15 +21,6 @@ from diagnostics import (
     diagonal_approximations,
     loss_statistics,
 )
-
-
-@contextmanager
-def _meta_default() -> Iterator[None]:
-    torch.set_default_device("meta")
-    try:
-        yield
-    finally:
-        torch.set_default_device(None)
 
 
 class _Inputs:
@@ -128,10 +118,10 @@ def case(request: pytest.FixtureRequest) -> Case:
     return CASES[request.param]
 
 
-def test_no_tensor_created_without_a_device(case: Case) -> None:
+def test_no_tensor_created_without_a_device(case: Case, device_trap) -> None:
     expected = case(_Inputs())
     inputs = _Inputs()
-    with _meta_default():
+    with device_trap():
         got = case(inputs)
     assert len(got) == len(expected) > 0
     for g, e in zip(got, expected, strict=True):

@@ -10,8 +10,7 @@ checks the results against a run without the trap, so a case that silently skipp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,15 +27,6 @@ from lanczos_optim import (
     spectral_density,
 )
 from lanczos_optim.flatten import flatten_tensors
-
-
-@contextmanager
-def _meta_default() -> Iterator[None]:
-    torch.set_default_device("meta")
-    try:
-        yield
-    finally:
-        torch.set_default_device(None)
 
 
 def _model() -> nn.Module:
@@ -178,10 +168,10 @@ def case(request: pytest.FixtureRequest) -> Case:
     return CASES[request.param]
 
 
-def test_no_tensor_created_without_a_device(case: Case) -> None:
+def test_no_tensor_created_without_a_device(case: Case, device_trap) -> None:
     expected = case(_Inputs())
     inputs = _Inputs()  # built outside the trap: the model and data are ordinary CPU tensors
-    with _meta_default():
+    with device_trap():
         got = case(inputs)
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
@@ -189,8 +179,8 @@ def test_no_tensor_created_without_a_device(case: Case) -> None:
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
 
-def test_the_trap_catches_device_mixing() -> None:
+def test_the_trap_catches_device_mixing(device_trap) -> None:
     # The technique itself: a tensor made without a device mixed with a CPU tensor raises.
     cpu = torch.ones(3, device="cpu")
-    with _meta_default(), pytest.raises((RuntimeError, NotImplementedError)):
+    with device_trap(), pytest.raises((RuntimeError, NotImplementedError)):
         float((cpu * torch.zeros(3)).sum())
