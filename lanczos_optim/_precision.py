@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -19,22 +19,44 @@ def check_precision(precision: object) -> str:
     return precision  # type: ignore[return-value]
 
 
+def _legacy_switches() -> bool:
+    """Whether the TF32 switches are on torch's legacy API (``allow_tf32``).
+
+    Once a user sets the newer ``fp32_precision`` API, torch raises on reading the legacy one,
+    so each product uses whichever API the user is on.
+    """
+    try:
+        _ = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    except RuntimeError:
+        return False
+    return True
+
+
 @contextmanager
 def product_precision(precision: str) -> Iterator[None]:
     """Set the CUDA TF32 switches for one product and restore them afterwards.
 
     ``"highest"`` turns TF32 off for float32 matrix products and cuDNN convolutions (cuDNN's
-    default is on); ``"tf32"`` and ``"bf16"`` turn it on. On the CPU the switches change nothing.
+    default is on); ``"tf32"`` and ``"bf16"`` turn it on. Only these switches change: cuDNN
+    stays enabled, and ``deterministic`` and ``benchmark`` keep the user's settings. On the CPU
+    the switches change nothing.
     """
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.allow_tf32
-    with ExitStack() as stack:
-        stack.enter_context(torch.backends.cudnn.flags(allow_tf32=precision != "highest"))
-        matmul.allow_tf32 = precision != "highest"
+    tf32 = precision != "highest"
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if _legacy_switches():
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+        matmul.allow_tf32 = cudnn.allow_tf32 = tf32
         try:
             yield
         finally:
-            matmul.allow_tf32 = saved
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
+    else:
+        saved_new = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = saved_new
 
 
 @contextmanager

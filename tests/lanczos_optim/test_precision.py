@@ -96,3 +96,45 @@ def test_switches_are_restored(curvature, global_tf32):
 def test_precision_is_validated(curvature, bad):
     with pytest.raises(ValueError, match=r"precision must be one of \('highest', 'tf32', 'bf16'\)"):
         curvature(_model(), nn.CrossEntropyLoss(), _data(), precision=bad)
+
+
+def test_only_the_tf32_switches_change(curvature):
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.enabled, cudnn.deterministic, cudnn.benchmark)
+    try:
+        cudnn.deterministic, cudnn.benchmark = True, True
+        seen = []
+        model = _model()
+        model.register_forward_hook(
+            lambda *_: seen.append((cudnn.enabled, cudnn.deterministic, cudnn.benchmark))
+        )
+        for precision in ("highest", "tf32", "bf16"):
+            op = curvature(model, nn.CrossEntropyLoss(), _data(), precision=precision)
+            op @ torch.ones(op.shape[0])
+        assert seen
+        assert all(s == (saved[0], True, True) for s in seen)
+    finally:
+        cudnn.enabled, cudnn.deterministic, cudnn.benchmark = saved
+
+
+def test_users_of_the_new_fp32_precision_api(curvature):
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("torch without the fp32_precision API")
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    try:
+        matmul.fp32_precision = conv.fp32_precision = "tf32"  # legacy reads now raise
+        seen = []
+        model = _model()
+        model.register_forward_hook(
+            lambda *_: seen.append((matmul.fp32_precision, conv.fp32_precision))
+        )
+        for precision, inside in (("highest", "ieee"), ("tf32", "tf32")):
+            seen.clear()
+            op = curvature(model, nn.CrossEntropyLoss(), _data(), precision=precision)
+            op @ torch.ones(op.shape[0])
+            assert seen
+            assert all(s == (inside, inside) for s in seen)
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
