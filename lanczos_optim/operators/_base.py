@@ -136,8 +136,9 @@ class CurvatureOperator:
             batches costs the memory of all their graphs at once; the data are then read once.
         cache_check: How kept graphs are checked before each product. ``"fast"`` (default):
             tensor identity, autograd version counters and storage of the parameters, buffers
-            and listed data, and checksums of the buffers (BatchNorm running statistics change
-            without a version bump). ``"full"``: also checksums of every parameter and listed
+            and listed data, checksums of the buffers (BatchNorm running statistics change
+            without a version bump), and whether any ``torch.optim`` optimiser has stepped
+            since the graphs were built (fused optimisers write without a version bump). ``"full"``: also checksums of every parameter and listed
             data tensor (one read of them per product), which catches writes that bypass
             autograd, such as ``p.data.copy_(...)`` or a NumPy array refilled behind the inputs.
         precision: Arithmetic of the products. ``"highest"`` (default): the operator's dtype

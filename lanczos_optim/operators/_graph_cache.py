@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lanczos_optim._graph_products import Product
 
@@ -18,6 +19,22 @@ CachedBatches = list[tuple[Product, int]]
 #: bypass autograd (``p.data``, a NumPy array refilled behind the inputs) at the price of
 #: reading them all per product.
 CACHE_CHECKS = ("fast", "full")
+
+
+#: Optimiser steps taken anywhere in the process (a global ``torch.optim`` step post-hook):
+#: fused optimisers (``Adam(fused=True)``, ...) update parameters in place without bumping their
+#: version counters, so every kept graph is checked against this count too.
+_OPTIMIZER_STEPS = [0]
+_STEP_HOOK: list[object] = []
+
+
+def _count_optimizer_steps() -> None:
+    if not _STEP_HOOK:
+
+        def hook(*_: object) -> None:
+            _OPTIMIZER_STEPS[0] += 1
+
+        _STEP_HOOK.append(register_optimizer_step_post_hook(hook))
 
 
 def check_cache_check(cache_check: object) -> str:
@@ -79,13 +96,16 @@ class GraphCache:
 
     A cached entry is valid while every parameter and buffer of the model, and every tensor of a
     list of batches, is the same tensor object with the same autograd version counter and storage
-    as when the entry was built, and the checksums (:func:`_checksum`) of the buffers (``"fast"``)
-    or of everything (``"full"``: about one read of the parameters and the listed data per
-    product) are unchanged.
+    as when the entry was built, no ``torch.optim`` optimiser has stepped since (any optimiser:
+    fused ones write parameters without a version bump), and the checksums (:func:`_checksum`)
+    of the buffers (``"fast"``) or of everything (``"full"``: about one read of the parameters
+    and the listed data per product) are unchanged.
     """
 
     def __init__(self, check: str = "fast") -> None:
         self.check = check_cache_check(check)
+        _count_optimizer_steps()
+        self._steps = -1
         self.entries: CachedBatches | None = None
         self._tensors: list[Tensor] = []
         self._versions: list[tuple[int, int]] = []
@@ -104,6 +124,7 @@ class GraphCache:
         tensors = params + buffers + batches
         return (
             self.entries is not None
+            and self._steps == _OPTIMIZER_STEPS[0]
             and len(tensors) == len(self._tensors)
             and all(a is b for a, b in zip(tensors, self._tensors, strict=True))
             and [(t._version, t.data_ptr()) for t in tensors] == self._versions
@@ -124,5 +145,6 @@ class GraphCache:
             self._tensors = params + buffers + batches
             self._versions = [(t._version, t.data_ptr()) for t in self._tensors]
             self._sums = self._summed(params, buffers, batches)
+            self._steps = _OPTIMIZER_STEPS[0]
             self.entries = entries
         return self.entries

@@ -80,6 +80,15 @@ def _optimizer_step(model: nn.Module, x: Tensor, y: Tensor) -> None:
     opt.step()
 
 
+def _fused_optimizer_step(model: nn.Module, x: Tensor, y: Tensor) -> None:
+    # Fused optimisers write the parameters without bumping their version counters.
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+    nn.CrossEntropyLoss()(model(x), y).backward()
+    versions = [p._version for p in model.parameters()]
+    opt.step()
+    assert [p._version for p in model.parameters()] == versions
+
+
 def _data_write(model: nn.Module, x: Tensor, y: Tensor) -> None:
     for p in model.parameters():
         p.data.add_(0.1)  # bypasses autograd's version counters
@@ -115,6 +124,7 @@ def _row_permutation(model: nn.Module, x: Tensor, y: Tensor) -> None:
 
 CHANGES: dict[str, Callable[[nn.Module, Tensor, Tensor], None]] = {
     "optimizer step": _optimizer_step,
+    "fused optimizer step": _fused_optimizer_step,
     "write through .data": _data_write,
     "BatchNorm running statistics": _running_stats,
     "load_state_dict": _load_state,
