@@ -97,9 +97,26 @@ def prepare_folder(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"Output folder {str(out)!r} is a file.")
     has_results = out.is_dir() and ((out / stats).exists() or latest_checkpoint(out) is not None)
-    if resume is None and not overwrite and has_results:
+    own_folder = resume is not None and out.resolve() == resume.parent.resolve()
+    if has_results and not overwrite and not own_folder:
         raise ResultsExistError(out)
     return out
+
+
+def clear_results(out: Path, stats: str) -> list[Path]:
+    """Delete an earlier run's results in ``out`` (for ``overwrite``); return what was deleted.
+
+    Only the files a training run writes: ``checkpoint-*.pt``, the stats file and the epoch
+    spectra under ``spectra/``. Called once every argument has been checked, so an invalid
+    call leaves them intact; without it, the old run's later checkpoints would stay the
+    folder's "latest".
+    """
+    gone = [*out.glob("checkpoint-*.pt"), *(out / "spectra").glob("spectrum-epoch-*.npz")]
+    if (out / stats).is_file():
+        gone.append(out / stats)
+    for path in gone:
+        path.unlink()
+    return gone
 
 
 def _take(ds: Dataset, n: int | None, seed: int) -> Dataset:

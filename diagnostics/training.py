@@ -85,6 +85,7 @@ from diagnostics._training_setup import (
     ResultsExistError,
     build_schedulers,
     check_arguments,
+    clear_results,
     find_resume,
     load_data,
     model_shape,
@@ -308,6 +309,10 @@ def train_network(
         partial = ckpt["meta"].get("partial_epoch")
 
     if out is not None:  # created only now that every argument has been checked
+        if overwrite and not (
+            resume_path is not None and resume_path.parent.resolve() == out.resolve()
+        ):
+            clear_results(out, STATS_FILENAME)  # the old run's files must not stay "latest"
         out.mkdir(parents=True, exist_ok=True)
     result = TrainResult(model=net, optimizer=opt, history=history, output_dir=out)
 

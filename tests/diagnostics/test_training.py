@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from diagnostics._training_setup import ResultsExistError
 from diagnostics.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
 from diagnostics.datasets import load_dataset
 from diagnostics.optimizers import (
@@ -424,14 +425,12 @@ def test_checkpoint_every_epoch_by_default_keeping_the_last_ones(tmp_path: Path)
     assert sorted(p.name for p in (tmp_path / "a").glob("*.pt")) == names
     train_network(epochs=4, checkpoint_dir=tmp_path / "b", keep_checkpoints=0, **common)
     assert len(list((tmp_path / "b").glob("*.pt"))) == 4
-    # A later checkpoint left by another run is never pruned.
+    # overwrite replaces an earlier run: its later checkpoints must not stay the "latest".
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "checkpoint-00009.pt").write_bytes(b"someone else's")
+    (tmp_path / "c" / "checkpoint-00009.pt").write_bytes(b"an earlier run's")
     train_network(epochs=3, checkpoint_dir=tmp_path / "c", keep_checkpoints=1, overwrite=True,
                   **common)  # fmt: skip
-    assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == [
-        "checkpoint-00003.pt", "checkpoint-00009.pt",
-    ]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == ["checkpoint-00003.pt"]
     with pytest.raises(ValueError, match="keep_checkpoints must be an int >= 0; got -1"):
         train_network(epochs=1, keep_checkpoints=-1, **common)
 
@@ -465,3 +464,36 @@ def test_an_ignored_signal_stays_ignored(tmp_path: Path, digits: tuple) -> None:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_overwrite_replaces_the_earlier_run_only_once_the_arguments_are_valid(
+    tmp_path: Path,
+) -> None:
+    common = {"model": "mlp", "dataset": "digits", "subset": 40, "progress": False}
+    out = tmp_path / "o"
+    train_network(epochs=4, checkpoint_dir=out, **common)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="model"):
+        train_network(epochs=2, checkpoint_dir=out, overwrite=True, **{**common, "model": "nope"})
+    assert sorted(p.name for p in out.iterdir()) == before  # an invalid call deletes nothing
+    train_network(epochs=2, checkpoint_dir=out, overwrite=True, **common)
+    assert latest_checkpoint(out).name == "checkpoint-00002.pt"
+    assert sorted(p.name for p in out.glob("*.pt")) == [
+        "checkpoint-00001.pt",
+        "checkpoint-00002.pt",
+    ]
+    assert len((out / "stats.jsonl").read_text().splitlines()) == 2
+
+
+def test_resuming_into_another_runs_folder_needs_overwrite(tmp_path: Path) -> None:
+    common = {"model": "mlp", "dataset": "digits", "subset": 40, "progress": False}
+    train_network(epochs=2, checkpoint_dir=tmp_path / "a", **common)
+    train_network(epochs=3, checkpoint_dir=tmp_path / "b", seed=1, **common)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    with pytest.raises(ResultsExistError):
+        train_network(epochs=3, checkpoint_dir=tmp_path / "b", resume=tmp_path / "a", **common)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
+    # Resuming into the checkpoint's own folder needs no flag.
+    with pytest.warns(UserWarning, match="different epochs"):
+        train_network(epochs=3, checkpoint_dir=tmp_path / "a", resume=tmp_path / "a", **common)
+    assert latest_checkpoint(tmp_path / "a").name == "checkpoint-00003.pt"
