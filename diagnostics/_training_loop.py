@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diagnostics._io import atomic_write
+from diagnostics._rng_state import capture_rng_state, restore_rng_state
 from diagnostics.optimizers import train_step
 
 __all__ = ["Callback", "EpochTotals", "TrainingStep"]
@@ -136,17 +137,27 @@ def run_epoch(
     """Train one epoch; return its totals, the new step count and whether ``stop()`` ended it.
 
     With ``totals`` of an interrupted epoch, its first ``totals.batches`` batches are drawn from
-    the loader (same order, no training) and skipped. ``stop()`` is polled after every batch.
+    the loader (same order, no training) and skipped, and the random state is then put back to
+    the checkpoint's. ``stop()`` is polled after every batch.
     """
     model.train()
     on_step = _hooks(callbacks, "on_step")
     totals = EpochTotals() if totals is None else totals
-    skip = totals.batches
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
+    batches = iter(loader)
+    if totals.batches:
+        # Draw the batches trained before the interruption (same order) without training, then
+        # put back the random state of the moment of the interruption: data pipelines that draw
+        # random numbers (augmentation) must not draw the skipped batches' numbers twice.
+        rng = capture_rng_state()
+        for _ in range(totals.batches):
+            next(batches)
+        restore_rng_state(rng)
+    bar = tqdm(
+        batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress,
+        initial=totals.batches, total=len(loader),
+    )  # fmt: skip
     stopped = False
-    for index, (inputs, targets) in enumerate(bar):
-        if index < skip:
-            continue
+    for inputs, targets in bar:
         inputs, targets = inputs.to(device), targets.to(device)
         lr = float(optimizer.param_groups[0]["lr"])
         loss, outputs = train_step(model, optimizer, loss_fn, inputs, targets)
@@ -161,7 +172,7 @@ def run_epoch(
             record = TrainingStep(
                 epoch=epoch,
                 step=global_step,
-                batch=index,
+                batch=totals.batches - 1,
                 loss=loss_value,
                 accuracy=correct / n,
                 lr=lr,

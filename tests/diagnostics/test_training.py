@@ -365,12 +365,29 @@ class _Signal(Callback):
         self.interrupted.append(interrupted)
 
 
+class _Augmented(torch.utils.data.Dataset):
+    """Adds noise drawn from torch's global generator to every sample (like an augmentation)."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data[i]
+        return x + 0.1 * torch.randn(x.shape), y
+
+
+@pytest.mark.parametrize("augmented", [False, True], ids=["plain", "augmented"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.usefixtures("default_signals")
 def test_signal_mid_epoch_saves_and_resume_is_bit_exact(
-    tmp_path: Path, digits: tuple, signum: int
+    tmp_path: Path, digits: tuple, signum: int, augmented: bool
 ) -> None:
     train, test = digits
+    if augmented:
+        train = _Augmented(train)
     common = {
         "dataset": train, "test_dataset": test, "epochs": 3, "batch_size": 16, "seed": 3,
         "optimizer_kwargs": {"lr": 0.1, "momentum": 0.9}, "progress": False,
