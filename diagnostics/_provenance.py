@@ -6,7 +6,8 @@ Every result file of the command line records a ``provenance`` dict in its metad
 - ``param_hash``: :func:`parameter_hash` of the weights analysed;
 - ``model``, ``dataset``, ``subset``: the names and sample count asked for;
 - ``num_params``: the parameter count :math:`P`;
-- ``data_hash``: :func:`data_hash` of the training batches analysed.
+- ``data_hash``: :func:`data_hash` of the training samples analysed (independent of batch
+  size and order; it stands for the subset too).
 
 :func:`check_same_source` refuses to combine two results whose weights, model or data differ.
 """
@@ -28,7 +29,6 @@ _CHECKED = {
     "model": "model",
     "param_hash": "weights of parameter hash",
     "dataset": "data set",
-    "subset": "subset",
     "data_hash": "samples of data hash",
 }
 
@@ -58,11 +58,30 @@ def parameter_hash(model: nn.Module) -> str:
 
 
 def data_hash(batches: Iterable[tuple[Tensor, Tensor]]) -> str:
-    """A short SHA-256 fingerprint of ``(inputs, targets)`` batches, in order."""
-    h = hashlib.sha256()
+    """A short SHA-256 fingerprint of the samples in ``(inputs, targets)`` batches.
+
+    It depends on the set of samples only: not on how they are split into batches nor on
+    their order (each sample is hashed on its own and the sorted digests are combined), so the
+    same data with another ``--batch-size`` or another order gives the same hash.
+
+    Example:
+        >>> import torch
+        >>> x, y = torch.arange(12.0).reshape(6, 2), torch.arange(6)
+        >>> data_hash([(x, y)]) == data_hash([(x[3:], y[3:]), (x[:3], y[:3])])
+        True
+    """
+    digests = []
     for x, y in batches:
-        _update(h, x)
-        _update(h, y)
+        xs = x.detach().to("cpu", torch.float32 if x.is_floating_point() else torch.int64)
+        ys = y.detach().to("cpu", torch.float32 if y.is_floating_point() else torch.int64)
+        for xi, yi in zip(xs.contiguous().numpy(), ys.contiguous().numpy(), strict=True):
+            h = hashlib.sha256(str(xi.shape).encode())
+            h.update(xi.tobytes())
+            h.update(yi.tobytes())
+            digests.append(h.digest())
+    h = hashlib.sha256()
+    for d in sorted(digests):
+        h.update(d)
     return h.hexdigest()[:16]
 
 

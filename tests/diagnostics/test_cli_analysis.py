@@ -69,7 +69,7 @@ def test_results_record_checkpoint_weights_model_and_data(runs, tmp_path, capsys
         ("landscape", ["--checkpoint", "{other}"], "weights of parameter hash"),
         ("diagonal", ["--checkpoint", "{other}"], "weights of parameter hash"),
         ("landscape", ["--model", "small_cnn"], "parameter count"),
-        ("diagonal", ["--checkpoint", "{ckpt}", "--subset", "32"], "subset"),
+        ("diagonal", ["--checkpoint", "{ckpt}", "--subset", "32"], "samples of data hash"),
     ],
 )
 def test_a_spectrum_of_another_checkpoint_model_or_subset_is_refused(
@@ -93,6 +93,17 @@ def test_the_same_checkpoint_in_float32_matches_its_float64_spectrum(runs, tmp_p
     assert _spectrum(ckpt, spec) == 0
     argv = ["diagonal", "--checkpoint", str(ckpt), "--subset", "64", "--spectrum", str(spec)]
     assert main([*argv, "--kinds", "diag_ggn_exact", "--out", str(tmp_path / "d.npz")]) == 0
+
+
+def test_the_same_samples_in_other_batches_match(runs, tmp_path):
+    ckpt = runs["sgd"] / "checkpoint-00002.pt"
+    spec = tmp_path / "s.npz"
+    assert _spectrum(ckpt, spec) == 0
+    argv = [
+        "diagonal", "--checkpoint", str(ckpt), *SMALL, "--batch-size", "16", "--spectrum",
+        str(spec), "--kinds", "diag_ggn_exact", "--out", str(tmp_path / "d.npz"),
+    ]  # fmt: skip
+    assert main(argv) == 0
 
 
 # Item 4: nothing is overwritten without --overwrite.
