@@ -43,6 +43,14 @@ class BlockLanczosResult:
     breakdown: bool
 
 
+def _qr(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Householder QR; in float32 for half-precision vectors, which LAPACK cannot factorise."""
+    if w.dtype.itemsize < 4:
+        q, r = torch.linalg.qr(w.float())
+        return q.to(w.dtype), r
+    return torch.linalg.qr(w)
+
+
 def _orthonormal_columns(w: Tensor, floor: float) -> tuple[Tensor, Tensor]:
     """``w = Q R`` with orthonormal ``Q`` spanning the directions of ``w`` above ``floor``.
 
@@ -50,7 +58,7 @@ def _orthonormal_columns(w: Tensor, floor: float) -> tuple[Tensor, Tensor]:
     directions with singular value above ``floor``, strongest first (stable, unlike Gram-matrix
     methods, which square the condition number).
     """
-    q, r = torch.linalg.qr(w)
+    q, r = _qr(w)
     u, sig, vt = torch.linalg.svd(r.double().cpu())
     keep = sig > floor
     q = q @ u[:, keep].to(device=q.device, dtype=q.dtype)
@@ -72,7 +80,7 @@ def block_lanczos(
     eps = torch.finfo(dtype).eps
     # Householder QR keeps the first column's direction: it is the vector whose quadrature
     # weights are reported (and, for an optimiser, the gradient, which then lies in the space).
-    q = torch.linalg.qr(start[:, : min(start.shape[1], dim)]).Q
+    q = _qr(start[:, : min(start.shape[1], dim)])[0]
     budget = min(num_products, dim)
     store = torch.empty(budget, dim, dtype=dtype, device=device)  # basis rows, filled in order
     offsets = [0]  # block j is store[offsets[j] : offsets[j + 1]]

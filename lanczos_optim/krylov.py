@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._linear_operator import _MatVec, as_matvec
-from lanczos_optim.lanczos import lanczos
+from lanczos_optim.lanczos import _start_vector, lanczos
 
 __all__ = ["TRANSFORMS", "KrylovSolveInfo", "krylov_solve"]
 
@@ -199,7 +199,9 @@ def _start_block(
     cols = torch.randn(dim, draws, generator=gen, dtype=like.dtype, device=gdev).to(like.device)
     if first is None:
         return cols
-    return torch.cat([first.detach().to(like.dtype)[:, None], cols], dim=1)
+    # The same checks and conversion as plain Lanczos' start vector (shape, finite, non-zero).
+    first = _start_vector(first, dim, like.dtype, like.device, None)
+    return torch.cat([first[:, None], cols], dim=1)
 
 
 class _Timed:

@@ -138,9 +138,10 @@ class CurvatureOperator:
             tensor identity, autograd version counters and storage of the parameters, buffers
             and listed data, checksums of the buffers (BatchNorm running statistics change
             without a version bump), and whether any ``torch.optim`` optimiser has stepped
-            since the graphs were built (fused optimisers write without a version bump). ``"full"``: also checksums of every parameter and listed
-            data tensor (one read of them per product), which catches writes that bypass
-            autograd, such as ``p.data.copy_(...)`` or a NumPy array refilled behind the inputs.
+            since the graphs were built (fused optimisers write without a version bump).
+            ``"full"``: also checksums of every parameter and listed data tensor (one read of
+            them per product), which catches writes that bypass autograd, such as
+            ``p.data.copy_(...)`` or a NumPy array refilled behind the inputs.
         precision: Arithmetic of the products. ``"highest"`` (default): the operator's dtype
             with TF32 off, also for cuDNN convolutions. ``"tf32"``: float32 matrix products
             and convolutions in TF32 on CUDA (no effect on the CPU). ``"bf16"``: the forward

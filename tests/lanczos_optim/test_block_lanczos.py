@@ -139,3 +139,27 @@ def test_krylov_solve_uses_the_operators_matmat_once_per_block():
 def test_block_size_is_validated(bad):
     with pytest.raises(ValueError, match=r"Invalid block_size value"):
         krylov_solve(_spd(4), torch.ones(4, dtype=F64), 3, 1.0, block_size=bad)
+
+
+@pytest.mark.parametrize(
+    ("v0", "message"),
+    [
+        (torch.zeros(6, dtype=F64), "finite, non-zero norm"),
+        (torch.ones(6, 1, dtype=F64), r"shape \(6,\)"),
+        (torch.full((6,), float("nan"), dtype=F64), "finite, non-zero norm"),
+    ],
+)
+def test_block_start_vector_is_checked_like_plain_lanczos(v0, message):
+    for block in (1, 3):
+        with pytest.raises(ValueError, match=message):
+            krylov_solve(_spd(6), torch.ones(6, dtype=F64), 4, 1.0, v0=v0, block_size=block)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_blocks(dtype):
+    a = _spd(8)
+    v = torch.ones(8, dtype=F64)
+    exact = krylov_solve(a, v, 8, 1.0)
+    low = krylov_solve(a.to(dtype), v.to(dtype), 8, 1.0, block_size=3, generator=_gen(1))
+    assert low.dtype == dtype
+    assert float((low.double() - exact).norm() / exact.norm()) < 0.1
