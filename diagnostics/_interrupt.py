@@ -74,7 +74,9 @@ def deferred_signals() -> Iterator[StopRequest]:
     previous = {
         sig: signal.signal(sig, handler)
         for sig in _SIGNALS
-        if signal.getsignal(sig) is not signal.SIG_IGN
+        # SIG_IGN stays ignored; None is a handler installed from C, which Python could not
+        # put back afterwards, so such a signal is left alone too.
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None)
     }
     try:
         yield request

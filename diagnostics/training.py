@@ -419,5 +419,13 @@ def _interrupt(
         batches_done=batches,
     )
     for hook in _hooks(callbacks, "on_interrupt"):
-        hook(err)
+        try:
+            hook(err)
+        except Exception as hook_err:  # e.g. W&B unreachable: the checkpoint is saved anyway
+            warnings.warn(
+                f"on_interrupt hook {hook!r} failed ({type(hook_err).__name__}: {hook_err}); "
+                "the interruption is reported regardless.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     raise err

@@ -514,3 +514,25 @@ def test_resuming_into_another_runs_folder_needs_overwrite(tmp_path: Path) -> No
     with pytest.warns(UserWarning, match="different epochs"):
         train_network(epochs=3, checkpoint_dir=tmp_path / "a", resume=tmp_path / "a", **common)
     assert latest_checkpoint(tmp_path / "a").name == "checkpoint-00003.pt"
+
+
+@pytest.mark.usefixtures("default_signals")
+def test_a_failing_interrupt_hook_does_not_hide_the_interruption(
+    tmp_path: Path, digits: tuple
+) -> None:
+    train, test = digits
+
+    class Broken(_Signal):
+        def on_interrupt(self, interrupted: object) -> None:
+            raise ConnectionError("W&B unreachable")
+
+    spy = Broken(signal.SIGINT, epoch=1, batch=1)
+    with (
+        pytest.warns(RuntimeWarning, match="W&B unreachable"),
+        pytest.raises(TrainingInterrupted),
+    ):
+        train_network(
+            model=_dropout_mlp(), dataset=train, test_dataset=test, epochs=2, batch_size=16,
+            checkpoint_dir=tmp_path, callbacks=[spy], progress=False,
+        )  # fmt: skip
+    assert latest_checkpoint(tmp_path).name == "checkpoint-00000-b00002.pt"
