@@ -86,7 +86,7 @@ class _RunIdWriter:
 def run_train(args: argparse.Namespace) -> None:
     """Train a network; W&B logging unless ``--wandb disabled``; spectra saved under --out."""
     from diagnostics._interrupt import TrainingInterrupted
-    from diagnostics._training_setup import ResultsExistError, prepare_folder
+    from diagnostics._training_setup import ResultsExistError, find_resume, prepare_folder
     from diagnostics.epoch_spectra import EpochSpectra
     from diagnostics.optimizers import resolve_hyperparameters
     from diagnostics.training import STATS_FILENAME, train_network
@@ -97,7 +97,7 @@ def run_train(args: argparse.Namespace) -> None:
     if args.out is None:
         args.out = str(resume if resume.is_dir() else resume.parent) if resume else "results/train"
     try:  # before W&B writes into the folder
-        prepare_folder(args.out, resume, args.overwrite, STATS_FILENAME)
+        prepare_folder(args.out, find_resume(resume), args.overwrite, STATS_FILENAME)
     except ResultsExistError as err:
         raise ResultsExistError(err.folder, "--resume", "--overwrite") from None
     callbacks: list[Any] = []
