@@ -86,7 +86,12 @@ class _RunIdWriter:
 def run_train(args: argparse.Namespace) -> None:
     """Train a network; W&B logging unless ``--wandb disabled``; spectra saved under --out."""
     from diagnostics._interrupt import TrainingInterrupted
-    from diagnostics._training_setup import ResultsExistError, find_resume, prepare_folder
+    from diagnostics._training_setup import (
+        ResultsExistError,
+        check_resume_data,
+        find_resume,
+        prepare_folder,
+    )
     from diagnostics.epoch_spectra import EpochSpectra
     from diagnostics.optimizers import resolve_hyperparameters
     from diagnostics.training import STATS_FILENAME, train_network
@@ -96,8 +101,10 @@ def run_train(args: argparse.Namespace) -> None:
     resume = Path(args.resume) if args.resume else None
     if args.out is None:
         args.out = str(resume if resume.is_dir() else resume.parent) if resume else "results/train"
+    resume_path = find_resume(resume)
+    check_resume_data(resume_path, args.dataset, args.subset)  # before W&B writes anything
     try:  # before W&B writes into the folder
-        prepare_folder(args.out, find_resume(resume), args.overwrite, STATS_FILENAME)
+        prepare_folder(args.out, resume_path, args.overwrite, STATS_FILENAME)
     except ResultsExistError as err:
         raise ResultsExistError(err.folder, "--resume", "--overwrite") from None
     callbacks: list[Any] = []

@@ -103,6 +103,30 @@ def prepare_folder(
     return out
 
 
+def check_resume_data(resume: Path | None, dataset: object, subset: int | None) -> None:
+    """Refuse to resume a checkpoint trained on another data set or subset.
+
+    Reads only the checkpoint (nothing is loaded into a model), so a refused call changes
+    nothing. A data set given as an object (not a name) is not compared.
+
+    Raises:
+        ValueError: Naming both data sets and subsets.
+    """
+    if resume is None:
+        return
+    meta = read_checkpoint(resume).get("meta", {})
+    name = dataset if isinstance(dataset, str) else None
+    then = (meta.get("dataset"), meta.get("subset"))
+    if name is None or "dataset" not in meta:
+        return
+    if (str(then[0]).lower(), then[1]) != (name.lower(), subset):
+        raise ValueError(
+            f"Cannot resume {str(resume)!r}: it was trained on data set {then[0]!r} with subset "
+            f"{then[1]}; this run asks for {name!r} with subset {subset}. Resume with the same "
+            "--dataset and --subset, or start a new run in another folder."
+        )
+
+
 def clear_results(out: Path, stats: str) -> list[Path]:
     """Delete an earlier run's results in ``out`` (for ``overwrite``); return what was deleted.
 

@@ -85,6 +85,7 @@ from diagnostics._training_setup import (
     ResultsExistError,
     build_schedulers,
     check_arguments,
+    check_resume_data,
     clear_results,
     find_resume,
     load_data,
@@ -238,6 +239,7 @@ def train_network(
     check_arguments(locals())
     opt_cls = resolve_optimizer(optimizer)
     resume_path = find_resume(resume)
+    check_resume_data(resume_path, dataset, subset)
     out = prepare_folder(checkpoint_dir, resume_path, overwrite, STATS_FILENAME)
     dev = torch.device(device) if device is not None else None
     dev = dev or torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -322,3 +322,30 @@ def test_sigterm_exit_status(monkeypatch, capsys):
     monkeypatch.setattr(_commands, "run_train", stopped)
     assert main(["train"]) == 128 + signal.SIGTERM
     _one_line_error(capsys, "lanczos-optim train: interrupted: stopped by SIGTERM")
+
+
+def test_resume_with_other_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--subset", "64", "--epochs", "1", "--wandb", "offline", "--out", str(out)]
+    assert main(argv) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    capsys.readouterr()
+    again = [
+        "train",
+        "--subset",
+        "128",
+        "--epochs",
+        "2",
+        "--wandb",
+        "offline",
+        "--resume",
+        str(out),
+    ]
+    assert main(again) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert (
+        "trained on data set 'digits' with subset 64; this run asks for 'digits' with subset"
+        in err[0]
+    )
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

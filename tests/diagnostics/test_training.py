@@ -262,6 +262,12 @@ def test_existing_results_and_foreign_checkpoints_are_left_untouched(tmp_path: P
         train_network(model="small_cnn", resume=tmp_path, **{**common, "epochs": 2})
     with pytest.raises(ValueError, match=r"optimizer class 'SGD' in the checkpoint, 'Adam' here"):
         train_network(model="mlp", resume=tmp_path, optimizer="adam", **{**common, "epochs": 2})
+    with pytest.raises(ValueError, match=r"trained on data set 'digits' with subset 40; this run "):
+        train_network(model="mlp", resume=tmp_path, **{**common, "epochs": 2, "subset": 50})
+    with pytest.raises(ValueError, match=r"asks for 'synthetic' with subset 40"):
+        train_network(
+            model="mlp", resume=tmp_path, **{**common, "epochs": 2, "dataset": "synthetic"}
+        )
     (tmp_path / "checkpoint-00002.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="Cannot read checkpoint"):
         train_network(model="mlp", resume=tmp_path, **{**common, "epochs": 3})
