@@ -22,24 +22,25 @@ class BatchedProduct:
     (and stays there).
     """
 
-    def __init__(self, one: Product, batched: Callable[[list[Tensor]], list[Tensor]]) -> None:
-        self._one, self._batched = one, batched
+    def __init__(self, apply: Callable[[Sequence[Tensor], int | None], list[Tensor]]) -> None:
+        # apply(vs, None): one product; apply(stacked, k): k products, vectors stacked in dim 0.
+        self._apply = apply
         self.vmapped = True
 
     def __call__(self, vs: Sequence[Tensor]) -> list[Tensor]:
-        return self._one(vs)
+        return self._apply(vs, None)
 
     def many(self, columns: Sequence[Sequence[Tensor]]) -> list[list[Tensor]]:
         """Products with each column (a list of parameter-shaped tensors)."""
         if len(columns) > 1 and self.vmapped:
             stacked = [torch.stack(vs) for vs in zip(*columns, strict=True)]
             try:
-                out = self._batched(stacked)
+                out = self._apply(stacked, len(columns))
             except (RuntimeError, NotImplementedError):  # no batching rule for an operation
                 self.vmapped = False
             else:
                 return [[t[k] for t in out] for k in range(len(columns))]
-        return [self._one(col) for col in columns]
+        return [self._apply(col, None) for col in columns]
 
 
 def _fill(
@@ -75,34 +76,21 @@ def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
-    def product(vs: Sequence[Tensor]) -> list[Tensor]:
+    def apply(vs: Sequence[Tensor], batch: int | None) -> list[Tensor]:
         if not live:
-            return [torch.zeros_like(p) for p in params]
+            return _fill([None] * len(params), params, batch=batch)
         hv = torch.autograd.grad(
             [grads[i] for i in live],
             params,
             grad_outputs=[vs[i] for i in live],
             retain_graph=True,
             allow_unused=True,
+            is_grads_batched=batch is not None,
         )
-        return _fill(hv, params)
-
-    def batched(vs: list[Tensor]) -> list[Tensor]:
-        k = vs[0].shape[0]
-        if not live:
-            return _fill([None] * len(params), params, batch=k)
-        hv = torch.autograd.grad(
-            [grads[i] for i in live],
-            params,
-            grad_outputs=[vs[i] for i in live],
-            retain_graph=True,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
-        return _fill(hv, params, batch=k)
+        return _fill(hv, params, batch=batch)
 
     detached = _fill([None if g is None else g.detach() for g in grads], params)
-    return detached, BatchedProduct(product, batched)
+    return detached, BatchedProduct(apply)
 
 
 def ggn_product(
@@ -147,40 +135,26 @@ def ggn_product(
         )
         return hu
 
-    def product(vs: Sequence[Tensor]) -> list[Tensor]:
+    def apply(vs: Sequence[Tensor], batch: int | None) -> list[Tensor]:
         if not live:
-            return [torch.zeros_like(p) for p in params]
+            return _fill([None] * len(params), params, batch=batch)
+        batched = batch is not None
         (jv,) = torch.autograd.grad(
             [jt_dummy[i] for i in live],
             dummy,
             grad_outputs=[vs[i] for i in live],
             retain_graph=True,
-        )
-        gv = torch.autograd.grad(
-            outputs, params, grad_outputs=h_out(jv), retain_graph=True, allow_unused=True
-        )
-        return _fill(gv, params)
-
-    def batched(vs: list[Tensor]) -> list[Tensor]:
-        k = vs[0].shape[0]
-        if not live:
-            return _fill([None] * len(params), params, batch=k)
-        (jv,) = torch.autograd.grad(
-            [jt_dummy[i] for i in live],
-            dummy,
-            grad_outputs=[vs[i] for i in live],
-            retain_graph=True,
-            is_grads_batched=True,
+            is_grads_batched=batched,
         )
         gv = torch.autograd.grad(
             outputs,
             params,
-            grad_outputs=h_out(jv, batched=True),
+            grad_outputs=h_out(jv, batched),
             retain_graph=True,
             allow_unused=True,
-            is_grads_batched=True,
+            is_grads_batched=batched,
         )
-        return _fill(gv, params, batch=k)
+        return _fill(gv, params, batch=batch)
 
     detached = _fill([None if g is None else g.detach() for g in grads], params)
-    return detached, BatchedProduct(product, batched)
+    return detached, BatchedProduct(apply)
