@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -87,7 +86,7 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
     seed = hp["seed"]
     if seed is not None and (not _is_int(seed) or seed < 0):
         raise ValueError(f"Invalid seed: {seed!r} (must be None or an int >= 0)")
-    block = hp.get("block_size", 1)
+    block = hp["block_size"]
     if not _is_int(block) or block < 1:
         raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
 
@@ -394,15 +393,12 @@ class _LanczosNewtonBase(Optimizer):
                     raise RuntimeError("internal error: no curvature product.")
 
                 curvature = _ClosureCurvature(product, live, wd, flat_g)
-                block = int(group.get("block_size", 1))
+                block = int(group["block_size"])
                 random = group["krylov_start"] == "random"
                 gen = self._generator(state, group["seed"]) if random or block > 1 else None
-                start: str | Tensor | None = "random" if random else None
-                if random and world > 1:  # every rank starts from rank 0's random vector
-                    start = torch.randn(
-                        flat_g.numel(), generator=gen, dtype=flat_g.dtype, device="cpu"
-                    ).to(flat_g.device)
-                    dist.broadcast(start, src=0)
+                # Under torch.distributed the operator's sync_vector gives every rank rank 0's
+                # start (vector or block), so all ranks run the same recurrence.
+                start = "random" if random else None
                 try:
                     d, kinfo = krylov_solve(
                         curvature,
