@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-_DGKS = 2**-0.5  # a second Gram-Schmidt pass when a column kept less than this share
+from lanczos_optim._basis import _DGKS  # second Gram-Schmidt pass below this kept share
+
 _CUT = 2 / 3  # columns whose norm falls below eps**_CUT * ||T|| are dropped (as in `lanczos`)
 
 
