@@ -21,7 +21,7 @@ import torch
 from _report import write_report  # benchmarks/_report.py (this script's folder)
 from torch import nn
 
-from diagnostics.models import VGG16
+from diagnostics.training.models import VGG16
 from lanczos_optim import GGNOperator, HessianOperator, lanczos
 
 PAPER = {"ggn": 26.5, "hessian": 27.9}
@@ -29,7 +29,7 @@ PAPER = {"ggn": 26.5, "hessian": 27.9}
 
 def _data(n: int, batch: int, device: torch.device) -> tuple[list, str]:
     try:
-        from diagnostics.datasets import load_dataset
+        from diagnostics.training.datasets import load_dataset
 
         x, y = load_dataset("cifar100").tensors
         x, y, source = x[:n], y[:n], "CIFAR-100"

@@ -41,7 +41,7 @@ OptFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 # ----------------------------------------------------------------------------- data and models
 def _load(name: str, train: bool, subset: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from diagnostics.datasets import load_dataset
+    from diagnostics.training.datasets import load_dataset
 
     x, y = load_dataset(name, train=train, subset=subset, seed=0).tensors
     return x.float(), y.long()

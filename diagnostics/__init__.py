@@ -3,23 +3,43 @@
 Spectra and densities, variance statistics, eigenvector landscapes, BackPACK diagonal
 comparisons, random matrices, plots, result files, W&B logging, the training harness and the
 ``lanczos-optim`` command line. BackPACK and W&B are imported only when used.
+
+The package is laid out in rooms, each importing only from the ones below it:
+
+- :mod:`diagnostics.cli` — the command line and the demo;
+- :mod:`diagnostics.wandb_logger` — Weights & Biases logging;
+- :mod:`diagnostics.training` — harness, loop, checkpoints, schedules, models, data sets;
+- :mod:`diagnostics.plots` — every figure;
+- :mod:`diagnostics.analysis` — spectra, statistics, landscapes, diagonals, random matrices;
+- :mod:`diagnostics.results` — result files and provenance.
+
+Every public name of the rooms is re-exported here.
 """
 
-from diagnostics._interrupt import TrainingInterrupted
-from diagnostics.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from diagnostics.compare import compare_to_spectrum
-from diagnostics.datasets import DATASETS, dataset_info, load_dataset
-from diagnostics.demo import run_demo
-from diagnostics.diagonal import (
+from diagnostics.analysis import (
     KINDS,
+    Landscape,
+    LossStatistics,
+    Spectrum,
     UnsupportedModelError,
+    build_loss_landscape,
+    compare_to_spectrum,
+    compute_eigenspectrum,
     diagonal_approximations,
     hutchinson_diagonal,
+    loss_statistics,
+    marchenko_pastur,
+    marchenko_pastur_atom,
+    marchenko_pastur_cdf,
+    marchenko_pastur_density,
+    marchenko_pastur_support,
+    select_directions,
+    semicircle_cdf,
+    semicircle_density,
+    synthetic_spectrum,
+    wigner,
 )
-from diagnostics.epoch_spectra import EpochSpectra
-from diagnostics.landscape import Landscape, build_loss_landscape, select_directions
-from diagnostics.models import MODELS, VGG16, PreResNet, build_model, mlp, small_cnn
-from diagnostics.optimizers import OPTIMIZERS, build_optimizer, train_step
+from diagnostics.cli import run_demo
 from diagnostics.plots import (
     plot_density,
     plot_landscape,
@@ -31,21 +51,31 @@ from diagnostics.plots import (
     rows_to_history,
     spectrum_title,
 )
-from diagnostics.random_matrices import (
-    marchenko_pastur,
-    marchenko_pastur_atom,
-    marchenko_pastur_cdf,
-    marchenko_pastur_density,
-    marchenko_pastur_support,
-    semicircle_cdf,
-    semicircle_density,
-    synthetic_spectrum,
-    wigner,
+from diagnostics.training import (
+    DATASETS,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+    VGG16,
+    Callback,
+    EpochSpectra,
+    PreResNet,
+    TrainingInterrupted,
+    TrainingStep,
+    TrainResult,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    dataset_info,
+    load_checkpoint,
+    load_dataset,
+    mlp,
+    read_checkpoint,
+    save_checkpoint,
+    small_cnn,
+    train_network,
+    train_step,
 )
-from diagnostics.schedules import SCHEDULES, build_schedule
-from diagnostics.spectrum import Spectrum, compute_eigenspectrum
-from diagnostics.statistics import LossStatistics, loss_statistics
-from diagnostics.training import Callback, TrainingStep, TrainResult, train_network
 from diagnostics.wandb_logger import WandbLogger, resolve_wandb_mode
 
 __all__ = [

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnostics._spectrum_summary import SpectrumSummaries
-from diagnostics._training_loop import Callback, TrainingStep
-from diagnostics.optimizers import differentiates_itself
+from diagnostics.analysis._spectrum_summary import SpectrumSummaries
+from diagnostics.training import Callback, TrainingStep
+from diagnostics.training.optimizers import differentiates_itself
 
 __all__ = [
     "WANDB_MODES",
@@ -316,7 +316,7 @@ class WandbLogger(Callback):
         row["epoch"] = epoch
         self.log(row)
         if self.spectrum_every and epoch % self.spectrum_every == 0:
-            from diagnostics.epoch_spectra import epoch_spectrum
+            from diagnostics.training.epoch_spectra import epoch_spectrum
 
             lr = float(metrics.get("lr", optimizer.param_groups[0]["lr"]))  # the harness: lr used
             spectrum = epoch_spectrum(
@@ -337,7 +337,7 @@ class WandbLogger(Callback):
         """Log a spectrum measured during training, with its edge-of-stability indicator.
 
         Args:
-            spectrum: The :class:`~diagnostics.spectrum.Spectrum`.
+            spectrum: The :class:`~diagnostics.analysis.spectrum.Spectrum`.
             lr: The learning rate in force while the weights it was measured at were trained
                 (the history row's ``lr``, not the optimiser's after the scheduler stepped).
             optimizer: The optimiser (see :func:`spectrum_step_curvature`).

@@ -60,7 +60,7 @@ from diagnostics import (
     select_directions,
     train_network,
 )
-from diagnostics.training import STATS_FILENAME
+from diagnostics.training.harness import STATS_FILENAME
 
 NUM_CLASSES = 100
 

@@ -93,7 +93,7 @@ def run_example(path: Path, tmp_path: Path, *extra: str) -> Run:
 
 
 def _fashion_mnist_present() -> bool:
-    from diagnostics.datasets import FASHION_MNIST_DIRS
+    from diagnostics.training.datasets import FASHION_MNIST_DIRS
 
     return any(
         (Path(d) / f"{stem}{ext}").is_file()

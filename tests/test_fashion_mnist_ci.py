@@ -88,9 +88,9 @@ def test_train_and_spectrum_on_fashion_mnist() -> None:
 def test_missing_fashion_mnist_fails_under_ci_and_skips_elsewhere(
     monkeypatch: pytest.MonkeyPatch, tmp_path, ci: str, outcome: type[BaseException]
 ) -> None:
-    import diagnostics.datasets
+    import diagnostics.training.datasets
 
-    monkeypatch.setattr(diagnostics.datasets, "FASHION_MNIST_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(diagnostics.training.datasets, "FASHION_MNIST_DIRS", (str(tmp_path),))
     monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match=r"apt-get install dataset-fashion-mnist"):
         require_fashion_mnist(16)

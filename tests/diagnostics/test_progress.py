@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from diagnostics.diagonal import diagonal_approximations
-from diagnostics.landscape import build_loss_landscape
-from diagnostics.spectrum import compute_eigenspectrum
-from diagnostics.statistics import loss_statistics
+from diagnostics.analysis.diagonal import diagonal_approximations
+from diagnostics.analysis.landscape import build_loss_landscape
+from diagnostics.analysis.spectrum import compute_eigenspectrum
+from diagnostics.analysis.statistics import loss_statistics
 
 
 class _Terminal(io.StringIO):

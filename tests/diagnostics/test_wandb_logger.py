@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics.training import TrainingStep, train_network
+from diagnostics.training.harness import TrainingStep, train_network
 from diagnostics.wandb_logger import (
     WandbLogger,
     _effective_curvature,
@@ -75,7 +75,7 @@ def test_bad_arguments(wandb_dir):
 def test_training_logs_optimizer_curvature_and_spectra(wandb_dir, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     torch.manual_seed(0)
-    from diagnostics.datasets import load_dataset
+    from diagnostics.training.datasets import load_dataset
 
     data = load_dataset("digits", subset=96)
     x, y = data.tensors
@@ -164,8 +164,8 @@ def test_edge_of_stability_warns_once(wandb_dir):
 
 
 def test_landscape_and_comparison_tables(wandb_dir):
-    from diagnostics.compare import compare_to_spectrum
-    from diagnostics.landscape import build_loss_landscape
+    from diagnostics.analysis.compare import compare_to_spectrum
+    from diagnostics.analysis.landscape import build_loss_landscape
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
@@ -229,7 +229,7 @@ def test_negative_mass_headline_leaves_out_the_ritz_value_nearest_zero(wandb_dir
     assert metrics["curvature/negative_mass"] == pytest.approx(0.008)
     assert metrics["curvature/negative_mass_raw"] == pytest.approx(0.75)
 
-    from diagnostics.spectrum import compute_eigenspectrum
+    from diagnostics.analysis.spectrum import compute_eigenspectrum
 
     torch.manual_seed(3)  # a spectrum whose Ritz value nearest zero is negative
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
@@ -244,7 +244,7 @@ def test_negative_mass_headline_leaves_out_the_ritz_value_nearest_zero(wandb_dir
 
 
 def test_epoch_spectrum_uses_the_lr_in_force_and_the_damped_curvature(wandb_dir):
-    from diagnostics.datasets import load_dataset
+    from diagnostics.training.datasets import load_dataset
 
     x, y = load_dataset("digits", subset=64).tensors
     logger = WandbLogger(mode="offline", spectrum_every=2, spectrum_data=[(x, y)], lanczos_steps=6)
@@ -265,7 +265,7 @@ def test_epoch_spectrum_uses_the_lr_in_force_and_the_damped_curvature(wandb_dir)
 
 
 def test_config_and_one_epoch_key(wandb_dir):
-    from diagnostics.datasets import load_dataset
+    from diagnostics.training.datasets import load_dataset
 
     logger = WandbLogger(mode="offline", config={"purpose": "test"})
     train_network(
@@ -285,7 +285,7 @@ def test_config_and_one_epoch_key(wandb_dir):
 
 
 def test_interrupted_run_is_marked_and_resumed_with_the_same_id(wandb_dir):
-    from diagnostics.training import TrainingInterrupted
+    from diagnostics.training.harness import TrainingInterrupted
 
     first = WandbLogger(mode="offline")
     run_id = first.run_id

@@ -19,7 +19,7 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-from diagnostics.random_matrices import marchenko_pastur, synthetic_spectrum, wigner
+from diagnostics.analysis.random_matrices import marchenko_pastur, synthetic_spectrum, wigner
 from lanczos_optim import lanczos, spectral_density
 
 F64 = torch.float64

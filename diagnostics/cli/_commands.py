@@ -1,0 +1,340 @@
+"""What each ``lanczos-optim`` subcommand does (the parser lives in :mod:`diagnostics.cli.app`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diagnostics.cli._setup import AnalysisSetup, analysis_setup
+from diagnostics.results import FORMAT_PREFIX, atomic_write, save_npz
+
+__all__: list[str] = []
+
+
+def _setup(args: argparse.Namespace) -> AnalysisSetup:
+    return analysis_setup(
+        checkpoint=args.checkpoint,
+        model=args.model,
+        dataset=args.dataset,
+        data_path=args.data_path,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dtype=torch.float64 if args.float64 else torch.float32,
+    )
+
+
+def _png_beside(path: str | Path) -> Path:
+    return Path(path).with_suffix(".png")
+
+
+def _ranks(text: str, name: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated integers; got {text!r}.") from None
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write JSON atomically."""
+    data = json.dumps(payload, indent=2, default=float).encode()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+_WANDB_ID_FILE = "wandb-run-id.txt"
+
+
+def _held_out(args: argparse.Namespace, n: int = 512) -> Any:
+    """Batches of up to ``n`` samples of the data set's test split (for the epoch spectra)."""
+    from diagnostics.cli._setup import batches
+    from diagnostics.training import load_dataset
+
+    data = load_dataset(args.dataset, train=False, root=args.data_path, download=args.download)
+    n = min(n, len(data))
+    return batches(torch.utils.data.Subset(data, range(n)), min(256, n))
+
+
+def _wandb_run_id(args: argparse.Namespace) -> str | None:
+    """The W&B run id stored beside the checkpoint ``--resume`` names (``None``: a new run)."""
+    if not args.resume:
+        return None
+    path = Path(args.resume)
+    folder = path if path.is_dir() else path.parent
+    id_file = folder / _WANDB_ID_FILE
+    if not id_file.is_file():
+        return None
+    return id_file.read_text().strip() or None
+
+
+class _RunIdWriter:
+    """Writes the W&B run id into the output folder once training has started (for --resume)."""
+
+    def __init__(self, folder: Path, run_id: str) -> None:
+        self.path, self.run_id, self.done = folder / _WANDB_ID_FILE, run_id, False
+
+    def on_step(self, step: Any) -> None:
+        if not self.done:
+            data = self.run_id.encode()
+            atomic_write(self.path, lambda f: f.write(data))
+            self.done = True
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Train a network; W&B logging unless ``--wandb disabled``; spectra saved under --out."""
+    from diagnostics.training import EpochSpectra, TrainingInterrupted
+    from diagnostics.training._setup import (
+        ResultsExistError,
+        check_resume_data,
+        find_resume,
+        prepare_folder,
+    )
+    from diagnostics.training.harness import STATS_FILENAME, train_network
+    from diagnostics.training.optimizers import resolve_hyperparameters
+    from diagnostics.wandb_logger import WandbLogger
+
+    opt_kwargs = resolve_hyperparameters(args.optimizer, dict(args.opt), args.lr)
+    resume = Path(args.resume) if args.resume else None
+    if args.out is None:
+        args.out = str(resume if resume.is_dir() else resume.parent) if resume else "results/train"
+    resume_path = find_resume(resume)
+    check_resume_data(resume_path, args.dataset, args.subset)  # before W&B writes anything
+    try:  # before W&B writes into the folder
+        prepare_folder(args.out, resume_path, args.overwrite, STATS_FILENAME)
+    except ResultsExistError as err:
+        raise ResultsExistError(err.folder, "--resume", "--overwrite") from None
+    callbacks: list[Any] = []
+    logger = None
+    if args.wandb != "disabled":
+        logger = WandbLogger(
+            name=f"{args.model}-{args.optimizer}",
+            config=vars(args) | {"opt": opt_kwargs, "lr": opt_kwargs.get("lr")},
+            mode=args.wandb,
+            directory=args.out,
+            run_id=_wandb_run_id(args),
+        )
+        callbacks.append(logger)
+        if logger.run_id:
+            callbacks.append(_RunIdWriter(Path(args.out), logger.run_id))
+    if args.spectrum_every is not None:
+        spectra = EpochSpectra(args.out, args.spectrum_every, _held_out(args), logger=logger)
+        callbacks.append(spectra)
+    try:
+        result = train_network(
+            model=args.model,
+            dataset=args.dataset,
+            data_path=args.data_path,
+            download=args.download,
+            subset=args.subset,
+            epochs=args.epochs,
+            optimizer=args.optimizer,
+            optimizer_kwargs=opt_kwargs,
+            batch_size=args.batch_size,
+            schedule=args.schedule,
+            swa=args.swa,
+            swa_start=args.swa_start,
+            swa_lr=args.swa_lr,
+            checkpoint_dir=args.out,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            seed=args.seed,
+            callbacks=callbacks,
+        )
+    except TrainingInterrupted as err:
+        hint = f"; continue with --resume {err.checkpoint.parent}" if err.checkpoint else ""
+        raise TrainingInterrupted(
+            f"{err}{hint}",
+            signum=err.signum,
+            checkpoint=err.checkpoint,
+            epochs_done=err.epochs_done,
+            batches_done=err.batches_done,
+        ) from None
+    finally:
+        if logger is not None:
+            logger.finish()
+    last = result.history[-1]
+    print(
+        f"trained {args.epochs} epochs: train loss {last['train_loss']:.4f}; results in {args.out}"
+    )
+
+
+def _check_choices(args: argparse.Namespace) -> None:
+    """Cheap argument checks, before anything is loaded or a file is claimed."""
+    from diagnostics.analysis.spectrum import CURVATURES
+    from lanczos_optim._model_state import check_bn_mode
+
+    curvature = getattr(args, "curvature", "hessian")
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}; got {curvature!r}.")
+    check_bn_mode(args.bn_mode)
+
+
+def _check_source(meta: dict[str, Any], s: AnalysisSetup, what: str) -> None:
+    from diagnostics.cli._outputs import recorded_provenance
+    from diagnostics.results import check_same_source
+
+    check_same_source(recorded_provenance(meta), s.meta["provenance"], what=what)
+
+
+def run_spectrum(args: argparse.Namespace) -> None:
+    """Compute, save and plot a spectrum."""
+    from diagnostics.analysis import compute_eigenspectrum
+    from diagnostics.cli._outputs import claim_outputs, default_output
+    from diagnostics.plots import plot_spectrum, spectrum_title
+
+    _check_choices(args)
+    s = _setup(args)
+    out = default_output(args, "spectrum", ".npz", f"-{args.curvature}")
+    claim_outputs(out, _png_beside(out), overwrite=args.overwrite)
+    spectrum = compute_eigenspectrum(
+        s.model,
+        s.loss_fn,
+        s.train,
+        curvature=args.curvature,
+        lanczos_steps=args.steps,
+        num_probes=args.probes,
+        bn_mode=args.bn_mode,
+        save_eigvec=args.save_eigvec,
+        seed=args.seed,
+        cache_graphs=args.cache_graphs or None,
+        progress=not args.quiet,
+    )
+    spectrum.meta["provenance"] = s.meta["provenance"]
+    spectrum.save(out)
+    plot_spectrum(spectrum, log=args.log, title=args.title, path=_png_beside(out))
+    headline, raw = spectrum.negative_mass_report()
+    header = spectrum_title(spectrum).replace("\n", ": ")
+    print(
+        f"{header}\n"
+        f"  {spectrum.num_params:,} parameters: lambda_max {spectrum.lambda_max:.4g}, "
+        f"lambda_min {spectrum.lambda_min:.4g}\n"
+        f"  {headline}\n  ({raw})\n"
+        f"saved {out} and {_png_beside(out)}"
+    )
+
+
+def run_stats(args: argparse.Namespace) -> None:
+    """Loss, gradient and curvature statistics as JSON."""
+    from diagnostics.analysis import loss_statistics
+    from diagnostics.cli._outputs import claim_outputs, default_output
+
+    _check_choices(args)
+    s = _setup(args)
+    out = default_output(args, "stats", ".json")
+    claim_outputs(out, overwrite=args.overwrite)
+    stats = loss_statistics(
+        s.model,
+        s.loss_fn,
+        s.train,
+        bn_mode=args.bn_mode,
+        num_probes=args.probes,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    payload = {"format": FORMAT_PREFIX + "stats", **stats.as_dict()}
+    write_json(out, payload | {"provenance": s.meta["provenance"]})
+    print(
+        f"loss mean {stats.loss_mean:.4g}, gradient variance {stats.grad_var:.4g}; saved {out} "
+        f"(plot it with: lanczos-optim plot {out})"
+    )
+
+
+def run_landscape(args: argparse.Namespace) -> None:
+    """Loss along the Ritz vectors of a saved spectrum."""
+    from diagnostics.analysis import Spectrum, build_loss_landscape, select_directions
+    from diagnostics.cli._outputs import claim_outputs, default_output
+    from diagnostics.plots import plot_landscape
+
+    _check_choices(args)
+    spectrum = Spectrum.load(args.spectrum)
+    s = _setup(args)
+    _check_source(spectrum.meta, s, f"Spectrum {args.spectrum!r}")
+    indices = select_directions(
+        spectrum, top=_ranks(args.top, "top"), bottom=_ranks(args.bottom, "bottom")
+    )
+    out = default_output(args, "landscape", ".npz")
+    claim_outputs(out, _png_beside(out), overwrite=args.overwrite)
+    landscape = build_loss_landscape(
+        s.model,
+        s.loss_fn,
+        s.train,
+        s.test,
+        directions=spectrum,
+        indices=indices,
+        dist=args.dist,
+        n_points=args.n_points,
+        bn_mode=args.bn_mode,
+        progress=not args.quiet,
+    )
+    landscape.meta["provenance"] = s.meta["provenance"]
+    landscape.meta["spectrum_file"] = str(args.spectrum)
+    landscape.save(out)
+    plot_landscape(landscape, title=args.title, path=_png_beside(out))
+    print(f"landscape along {len(indices)} Ritz vectors; saved {out} and {_png_beside(out)}")
+
+
+def run_diagonal(args: argparse.Namespace) -> None:
+    """BackPACK diagonals, compared with a spectrum when one is given."""
+    from diagnostics.analysis import KINDS, Spectrum, compare_to_spectrum, diagonal_approximations
+    from diagnostics.cli._outputs import claim_outputs, default_output
+    from diagnostics.plots import plot_spectrum
+
+    _check_choices(args)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(
+            f"--kinds must be a comma-separated subset of {KINDS}; got {args.kinds!r}."
+        )
+    spectrum = Spectrum.load(args.spectrum) if args.spectrum else None
+    s = _setup(args)
+    if spectrum is not None:
+        _check_source(spectrum.meta, s, f"Spectrum {args.spectrum!r}")
+    out = default_output(args, "diagonal", ".npz")
+    png = _png_beside(out) if spectrum is not None else None
+    claim_outputs(out, *([png] if png else []), overwrite=args.overwrite)
+    diagonals = diagonal_approximations(
+        s.model,
+        s.loss_fn,
+        s.train,
+        kinds=kinds,
+        bn_mode=args.bn_mode,
+        fallback="hutchinson" if args.hutchinson_fallback else None,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    meta: dict[str, Any] = {
+        "kinds": kinds,
+        "spectrum": args.spectrum,
+        "provenance": s.meta["provenance"],
+    }
+    if spectrum is not None:
+        meta["comparison"] = {k: compare_to_spectrum(d, spectrum) for k, d in diagonals.items()}
+        first = kinds[0]
+        plot_spectrum(spectrum, diagonal=diagonals[first].numpy(), diagonal_label=first,
+                      log=args.log, title=args.title, path=png)  # fmt: skip
+    save_npz(out, "diagonal", {k: v.double().numpy() for k, v in diagonals.items()}, meta)
+    for kind, d in diagonals.items():
+        line = f"{kind}: min {float(d.min()):.4g}, max {float(d.max()):.4g}"
+        if spectrum is not None:
+            line += f", W1 to Lanczos {meta['comparison'][kind]['wasserstein']:.4g}"
+        print(line)
+    print(f"saved {out}" + (f" and {png}" if png else ""))
+
+
+def run_plot(args: argparse.Namespace) -> None:
+    """Plot a result file, or overlay training runs."""
+    from diagnostics.cli._plot_command import plot_inputs
+
+    print(f"saved {plot_inputs(args)}")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """The end-to-end offline demo."""
+    from diagnostics.cli.demo import run_demo as demo
+
+    demo(args.out, quick=args.quick, wandb_mode=args.wandb)
