@@ -10,9 +10,18 @@ import os
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.container import StemContainer
 from matplotlib.figure import Figure
 
 from diagnostics.plots._base import check_path, finish, new_figure
+from diagnostics.plots._bulk import (
+    Bulk,
+    bulk_of,
+    mark_negative,
+    negative_mass_label,
+    zoom_limits,
+)
 from diagnostics.plots._landscape import plot_landscape, plot_landscape_2d
 from diagnostics.plots._stats import plot_statistics
 from diagnostics.plots._training import plot_runs, plot_training_curves, rows_to_history
@@ -102,6 +111,47 @@ def _measure(spectrum: Any) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights / weights.sum()
 
 
+def _draw_histograms(
+    ax: Axes, hists: dict[str, np.ndarray], edges: np.ndarray, labels: dict, sizes: dict
+) -> None:
+    """Histogram bars of each value set, a bar the fraction of *all* its values in the bin."""
+    for name, values in hists.items():
+        ax.hist(values, bins=edges, weights=np.full(values.size, 1.0 / sizes[name]),
+                color=_COLORS[name], alpha=0.45, label=labels[name])  # fmt: skip
+
+
+def _draw_stems(
+    ax: Axes, nodes: np.ndarray, weights: np.ndarray, color: str, bottom: float
+) -> StemContainer:
+    stems = ax.stem(nodes, weights, linefmt=color, basefmt=" ", bottom=bottom)
+    stems.markerline.set_color(color)
+    stems.markerline.set_markersize(4)
+    return stems
+
+
+def _draw_zoom(
+    ax: Axes,
+    bulk: Bulk,
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    hists: dict[str, np.ndarray],
+    labels: dict,
+    style: tuple[str, float, int],
+) -> None:
+    """The companion panel: the bulk's stems (and histogram bars) on their own linear axis."""
+    color, bottom, bins = style
+    lo, hi = zoom_limits(bulk.low, bulk.high)
+    inside = {k: v[(v >= lo) & (v <= hi)] for k, v in hists.items()}
+    edges = np.linspace(lo, hi, bins + 1)
+    _draw_histograms(ax, inside, edges, labels, {k: v.size for k, v in hists.items()})
+    _draw_stems(ax, nodes[bulk.mask], weights[bulk.mask], color, bottom)
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel(r"eigenvalue $\lambda$ (bulk, linear scale)")
+    k, mass = int(bulk.mask.sum()), float(weights[bulk.mask].sum())
+    ax.set_title(f"bulk: {k} of {nodes.size} Ritz values in [{bulk.low:.3g}, {bulk.high:.3g}],"
+                 f" mass {mass:.3f}", fontsize="small")  # fmt: skip
+
+
 def plot_spectrum(
     spectrum: Any,
     *,
@@ -111,6 +161,7 @@ def plot_spectrum(
     bins: int = 50,
     log: bool = True,
     title: str | None = None,
+    zoom: bool | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
     r"""Stem plot of a discrete spectral measure, as in the paper's figures 2-8.
@@ -118,10 +169,20 @@ def plot_spectrum(
     Each Ritz value :math:`\theta_i` gets a stem of height :math:`w_i`; the stems sum to 1.
     The mass axis is logarithmic by default: the spike at zero typically holds most of the
     mass, and the outliers that matter have weights orders of magnitude smaller. Hessian stems
-    are red, GGN stems purple, and the default title names curvature, model, data and steps.
+    are red, GGN stems purple, and the default title names curvature, model, data, steps and
+    (for a spectrum saved during training) the epoch.
     Optional histograms of the exact eigenvalues and of a diagonal approximation share the
     same bins, each bar the *fraction* of values in its bin (the bars also sum to 1), so that
     the three are comparable on one axis (figures 5-7).
+
+    The outliers set the eigenvalue scale, so the many stems of the bulk merge into one block.
+    A companion panel below (the figure's second axes) shows the bulk alone on its own linear
+    eigenvalue axis: the bulk is that of :meth:`~diagnostics.analysis.Spectrum.split_outliers`
+    (``bulk_min``/``bulk_max`` of the summary), and with ``zoom=None`` the panel is drawn when
+    the bulk is crowded: at least 10 stems, at least 4 times narrower than the whole measure.
+    The main panel marks the bulk with dotted lines. The side :math:`\theta < 0` is shaded in
+    both panels and the legend gives the negative mass :math:`\sum_{\theta_i < 0} w_i`
+    (nothing is shaded when no Ritz value is negative, as for a GGN).
 
     Args:
         spectrum: A :class:`~diagnostics.Spectrum` (``ritz_values``, ``weights``), a
@@ -132,13 +193,15 @@ def plot_spectrum(
         diagonal_label: Which diagonal it is, for legend and title: a kind of
             :func:`~diagnostics.diagonal_approximations` (``"diag_ggn_exact"``, ...)
             or any text.
-        bins: Number of histogram bins.
+        bins: Number of histogram bins (in each panel).
         log: Logarithmic mass axis (default; ``False`` for a linear one).
         title: Title; ``None`` builds one with :func:`spectrum_title`, ``""`` leaves none.
+        zoom: Companion panel of the bulk: ``None`` (default) when the bulk is crowded,
+            ``True`` always, ``False`` never.
         path: Optional ``.png``/``.pdf`` file to save to.
 
     Returns:
-        The figure.
+        The figure: ``axes[0]`` the whole measure, ``axes[1]`` (if drawn) the bulk.
 
     Raises:
         ValueError: On empty or non-finite values, negative weights, ``bins < 1`` or a bad
@@ -147,44 +210,52 @@ def plot_spectrum(
     Example:
         >>> fig = plot_spectrum(([0.0, 1.0, 5.0], [0.5, 0.3, 0.2]), exact=[0.0, 0.1, 1.1, 5.0])
         >>> stems = fig.axes[0].containers[-1]
-        >>> float(stems.markerline.get_ydata().sum())
-        1.0
+        >>> float(stems.markerline.get_ydata().sum()), len(fig.axes)
+        (1.0, 1)
     """
     target = check_path(path)
     nodes, weights = _measure(spectrum)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive integer; got {bins!r}.")
+    if zoom is not None and not isinstance(zoom, bool):
+        raise ValueError(f"zoom must be True, False or None; got {zoom!r}.")
     hists = {
         name: _as_1d(name, values)
         for name, values in (("exact", exact), ("diagonal", diagonal))
         if values is not None
     }
-    fig = new_figure()
-    ax = fig.add_subplot()
+    bulk = bulk_of(spectrum, nodes, weights)
+    zoomed = bulk.crowded if zoom is None else zoom
+    fig = new_figure(6.4, 7.4 if zoomed else 4.2)
+    ax = fig.add_subplot(2, 1, 1) if zoomed else fig.add_subplot()
     edges = np.histogram_bin_edges(np.concatenate([nodes, *hists.values()]), bins=bins)
     diag_name = DIAGONALS.get(diagonal_label, diagonal_label) if diagonal_label else "diagonal"
     labels = {"exact": "eigenvalues (histogram)", "diagonal": f"{diag_name} (histogram)"}
-    for name, values in hists.items():
-        ax.hist(
-            values,
-            bins=edges,
-            weights=np.full(values.size, 1.0 / values.size),
-            color=_COLORS[name],
-            alpha=0.45,
-            label=labels[name],
-        )
+    _draw_histograms(ax, hists, edges, labels, {k: v.size for k, v in hists.items()})
     meta = getattr(spectrum, "meta", None) or {}
     name, color = _CURVATURE.get(meta.get("curvature"), ("", _COLORS["lanczos"]))
     bottom = max(weights.min() / 10, 1e-16) if log else 0.0
-    stems = ax.stem(nodes, weights, linefmt=color, basefmt=" ", bottom=bottom)
-    stems.markerline.set_color(color)
-    stems.markerline.set_markersize(4)
+    stems = _draw_stems(ax, nodes, weights, color, bottom)
     stems.set_label(f"Lanczos{' ' + name if name else ''} ({nodes.size} Ritz values)")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(r"eigenvalue $\lambda$")
     ax.set_ylabel("spectral mass" + (" (log scale)" if log else ""))
-    ax.legend(frameon=False)
+    negative = negative_mass_label(spectrum, nodes, weights)
+    if zoomed:
+        for x, mark in zip(
+            zoom_limits(bulk.low, bulk.high), ("bulk (zoomed below)", "_"), strict=True
+        ):
+            ax.axvline(x, color="0.45", ls=":", lw=1, label=mark)
+        inset = fig.add_subplot(2, 1, 2, sharey=ax)
+        _draw_zoom(inset, bulk, nodes, weights, hists, labels, (color, bottom, bins))
+        inset.set_ylabel(ax.get_ylabel())
+        mark_negative(inset, negative)
+    handles, names = ax.get_legend_handles_labels()
+    patch = mark_negative(ax, negative)
+    if patch is not None:
+        handles, names = [*handles, patch], [*names, patch.get_label()]
+    ax.legend(handles, names, frameon=False, fontsize="small")
     if title is None:
         title = spectrum_title(spectrum, diagonal_label if diagonal is not None else None)
     if title:

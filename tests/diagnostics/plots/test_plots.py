@@ -367,3 +367,104 @@ def test_landscape_plot_is_titled_by_curvature_model_and_checkpoint() -> None:
     ls.meta["provenance"] = {"model": "mlp", "dataset": "digits", "checkpoint": "r/c-3.pt"}
     assert plot_landscape(ls).get_suptitle() == "Loss along GGN Ritz vectors: mlp on digits, c-3.pt"
     assert plot_landscape(ls, title="mine").get_suptitle() == "mine"
+
+
+# Issue 14: figures a researcher reads at a glance.
+
+
+def _network_like(curvature: str, steps: int = 45) -> Spectrum:
+    """Lanczos on a diagonal matrix shaped like a network's: a spike at 0, a bulk, outliers."""
+    gen = torch.Generator().manual_seed(0)
+    low = -0.05 if curvature == "hessian" else 0.0
+    bulk = low + (0.1 - low) * torch.rand(400, generator=gen, dtype=torch.float64)
+    eig = torch.cat([torch.zeros(600, dtype=torch.float64), bulk,
+                     torch.tensor([0.6, 1.1, 2.0, 3.5], dtype=torch.float64)])  # fmt: skip
+    run = lanczos(torch.diag(eig), steps, generator=gen)
+    return Spectrum.from_lanczos([run], num_params=eig.numel(), curvature=curvature)
+
+
+def _texts(ax: object) -> list[str]:
+    legend = ax.get_legend()  # type: ignore[attr-defined]
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+def _shaded(ax: object) -> list:
+    return [p for p in ax.patches if p.get_label().startswith("_negative mass")]  # type: ignore[attr-defined]
+
+
+def test_crowded_hessian_bulk_gets_a_companion_panel_with_its_own_linear_axis() -> None:
+    s = _network_like("hessian")
+    fig = plot_spectrum(s)
+    main, zoom = fig.axes
+    theta = s.ritz_values
+    in_bulk = theta <= 0.1 + 1e-12
+    assert in_bulk.sum() >= 10  # the test's premise: a crowded bulk and outliers
+    assert (~in_bulk).sum() >= 3
+    lo, hi = zoom.get_xlim()
+    assert lo < theta[in_bulk].min()  # the whole bulk in, the outliers out
+    assert theta[in_bulk].max() < hi < 0.6
+    assert hi - lo <= (main.get_xlim()[1] - main.get_xlim()[0]) / 4
+    (zoom_stems,) = [c for c in zoom.containers if isinstance(c, StemContainer)]
+    np.testing.assert_array_equal(zoom_stems.markerline.get_xdata(), theta[in_bulk])
+    np.testing.assert_allclose(zoom_stems.markerline.get_ydata(), s.weights[in_bulk], rtol=1e-12)
+    np.testing.assert_allclose(_stems(fig).markerline.get_xdata(), theta)  # main panel unchanged
+    assert main.get_yscale() == zoom.get_yscale() == "log"
+    assert zoom.get_xscale() == "linear"
+    assert zoom.get_title().startswith(f"bulk: {in_bulk.sum()} of {theta.size} Ritz values")
+    summary = s.summary()  # the bulk is the one the summary reports
+    assert (summary["bulk_min"], summary["bulk_max"]) == (
+        theta[in_bulk].min(),
+        theta[in_bulk].max(),
+    )
+    assert "bulk (zoomed below)" in _texts(main)
+
+
+def test_negative_mass_is_shaded_and_named_in_both_panels() -> None:
+    s = _network_like("hessian")
+    fig = plot_spectrum(s)
+    negative = float(s.weights[s.ritz_values < 0].sum())
+    assert negative > 0.001
+    assert f"$\\theta < 0$: negative mass {negative:.3f}" in " ".join(_texts(fig.axes[0]))
+    for ax in fig.axes:
+        (span,) = _shaded(ax)
+        assert span.get_x() + span.get_width() == pytest.approx(0.0, abs=1e-15)
+        assert span.get_x() <= ax.get_xlim()[0]
+
+
+def test_ggn_has_a_bulk_panel_but_no_negative_mark() -> None:
+    fig = plot_spectrum(_network_like("ggn"))
+    assert len(fig.axes) == 2
+    assert all(_shaded(ax) == [] for ax in fig.axes)
+    assert not any("negative mass" in t for t in _texts(fig.axes[0]))
+
+
+def test_negative_mass_without_the_ritz_value_nearest_zero_is_given_when_it_differs() -> None:
+    a = torch.diag(torch.tensor([-2.0, -1e-4, 0.5, 3.0], dtype=torch.float64))
+    s = Spectrum.from_lanczos(
+        [lanczos(a, 4, generator=torch.Generator().manual_seed(0))], num_params=4
+    )
+    assert 0 < s.negative_mass(exclude_nearest_zero=True) < s.negative_mass() - 0.01
+    label = " ".join(_texts(plot_spectrum(s).axes[0]))
+    assert f"negative mass {s.negative_mass():.3f}" in label
+    assert f"({s.negative_mass(exclude_nearest_zero=True):.3f} without the Ritz value" in label
+
+
+def test_few_stems_need_no_zoom_and_zoom_can_be_forced_either_way(spectrum: Spectrum) -> None:
+    assert len(plot_spectrum(spectrum).axes) == 1
+    assert len(plot_spectrum(spectrum, zoom=True).axes) == 2
+    assert len(plot_spectrum(_network_like("hessian"), zoom=False).axes) == 1
+    nodes = np.linspace(0.0, 1.0, 40)  # many stems but no outliers: nothing to magnify
+    assert len(plot_spectrum((nodes, np.ones(40))).axes) == 1
+    with pytest.raises(ValueError, match="zoom must be True, False or None; got 'yes'"):
+        plot_spectrum(spectrum, zoom="yes")  # type: ignore[arg-type]
+
+
+def test_zoom_panel_holds_the_histograms_within_the_bulk() -> None:
+    s = _network_like("ggn")
+    exact = np.concatenate([np.zeros(50), np.linspace(0.0, 0.1, 50), [2.0, 3.5]])
+    fig = plot_spectrum(s, exact=exact)
+    lo, hi = fig.axes[1].get_xlim()
+    (bars,) = [c for c in fig.axes[1].containers if isinstance(c, BarContainer)]
+    heights = np.array([p.get_height() for p in bars.patches])
+    inside = exact[(exact >= lo) & (exact <= hi)]
+    assert heights.sum() == pytest.approx(inside.size / exact.size)  # fractions of all values
