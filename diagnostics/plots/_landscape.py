@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -11,7 +12,12 @@ from matplotlib.lines import Line2D
 from diagnostics.analysis import Landscape
 from diagnostics.plots._base import check_path, finish, new_figure
 
-__all__ = ["landscape_title", "plot_landscape", "plot_landscape_2d"]
+__all__ = ["direction_style", "landscape_title", "plot_landscape", "plot_landscape_2d"]
+
+#: Line style and marker of direction ``i``: ``[i % 4]`` and ``[i % 8]``, distinct pairs for
+#: up to 8 directions, so that directions with equal curves stay distinguishable.
+LINESTYLES = ("-", "-.", ":", (0, (3, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
 
 _PANELS = {
     "train_loss": "train loss",
@@ -35,6 +41,29 @@ def landscape_title(landscape: Landscape) -> str:
     return head.replace("  ", " ") + (": " + ", ".join(parts) if parts else "")
 
 
+def direction_style(i: int) -> dict[str, Any]:
+    """Keyword arguments of ``Axes.plot`` for direction ``i``: colour, line style, marker, size.
+
+    Lines drawn later are thinner with smaller hollow markers, so that where the curves of
+    several directions coincide each of them still shows (a wide line under a narrow one,
+    nested markers of different shapes).
+
+    Example:
+        >>> [(s["ls"], s["marker"], s["lw"]) for s in map(direction_style, range(3))]
+        [('-', 'o', 2.6), ('-.', 's', 2.1), (':', '^', 1.6)]
+    """
+    return {
+        "color": f"C{i % 10}",
+        "ls": LINESTYLES[i % len(LINESTYLES)],
+        "marker": MARKERS[i % len(MARKERS)],
+        "lw": max(2.6 - 0.5 * i, 0.8),
+        "ms": max(7.0 - 1.2 * i, 2.5),
+        "mfc": "none",
+        "mew": 1.0,
+        "zorder": 2 + 0.01 * i,
+    }
+
+
 def _check_landscape(landscape: object) -> Landscape:
     if not isinstance(landscape, Landscape):
         raise TypeError(f"landscape must be a Landscape; got {type(landscape).__name__}.")
@@ -51,8 +80,11 @@ def plot_landscape(
     r"""Loss and accuracy along each direction, with the quadratic model (paper, figures 9-12).
 
     Panels: train loss, test loss (with test data), train and test accuracy (for
-    classification). One colour per direction; the dashed line of the same colour on the
-    train-loss panel is the quadratic model :math:`L_0 + t\,g^\top v + \frac12 t^2 v^\top C v`.
+    classification). Each direction has its own colour, line style and marker
+    (:func:`direction_style`), the later ones thinner, so that directions whose curves
+    coincide (flat directions of a small Ritz value, typically) all stay visible; the legend
+    names each. The dashed line of the same colour on the train-loss panel is the quadratic
+    model :math:`L_0 + t\,g^\top v + \frac12 t^2 v^\top C v`.
     The loss axes are scaled to the measured losses, so a quadratic that runs away is clipped.
 
     Args:
@@ -74,14 +106,14 @@ def plot_landscape(
     cols = 2 if ls.has_test else 1
     rows = len(keys) // cols
     fig = new_figure(4.6 * cols, 3.4 * rows)
-    colors = [f"C{i % 10}" for i in range(ls.num_directions)]
     for n, key in enumerate(keys):
         ax = fig.add_subplot(rows, cols, n + 1)
         values = getattr(ls, key)
         for i, label in enumerate(ls.labels):
-            ax.plot(ls.t, values[i], color=colors[i], marker="o", ms=2.5, label=label)
+            style = direction_style(i)
+            ax.plot(ls.t, values[i], label=label, **style)
             if quadratic and key == "train_loss":
-                ax.plot(ls.t, ls.quadratic[i], color=colors[i], ls="--", lw=1,
+                ax.plot(ls.t, ls.quadratic[i], color=style["color"], ls="--", lw=1,
                         label=f"_quadratic {label}")  # fmt: skip
         if key.endswith("loss"):
             lo, hi = float(np.nanmin(values)), float(np.nanmax(values))

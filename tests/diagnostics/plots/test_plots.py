@@ -468,3 +468,27 @@ def test_zoom_panel_holds_the_histograms_within_the_bulk() -> None:
     heights = np.array([p.get_height() for p in bars.patches])
     inside = exact[(exact >= lo) & (exact <= hi)]
     assert heights.sum() == pytest.approx(inside.size / exact.size)  # fractions of all values
+
+
+def test_landscape_directions_with_equal_curves_stay_distinguishable() -> None:
+    ls = _landscape(True, True, plane=False)
+    for key in ("train_loss", "test_loss", "train_acc", "test_acc"):
+        values = getattr(ls, key)
+        values[:] = values[0]  # every direction the same curve
+    fig = plot_landscape(ls)
+    for ax in fig.axes:
+        lines = [line for line in ax.lines if line.get_label() in set(ls.labels)]
+        assert [line.get_label() for line in lines] == list(ls.labels)  # each drawn, in order
+        for line in lines:
+            np.testing.assert_array_equal(line.get_ydata(), lines[0].get_ydata())
+        styles = {(line.get_linestyle(), line.get_marker()) for line in lines}
+        assert len(styles) == ls.num_directions
+        assert len({line.get_color() for line in lines}) == ls.num_directions
+        widths = [line.get_linewidth() for line in lines]
+        assert widths == sorted(widths, reverse=True)  # later ones thinner, drawn on top
+        assert widths[0] > widths[-1]
+        assert [line.get_zorder() for line in lines] == sorted(line.get_zorder() for line in lines)
+    handles = fig.axes[0].get_legend().legend_handles
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[: ls.num_directions] == list(ls.labels)
+    assert len({(h.get_linestyle(), h.get_marker()) for h in handles[: ls.num_directions]}) == 3
