@@ -79,16 +79,35 @@ def _plot_runs(paths: list[Path], args: argparse.Namespace, out: Path) -> None:
     plot_runs(runs, logy=bool(args.log), title=title, path=out)
 
 
+def _spectrum_with_run(src: Path) -> Any:
+    """The spectrum in ``src``; one saved during training names its run's model and data.
+
+    Spectra that ``train --spectrum-every`` saved before they recorded model and data lie in
+    ``<run>/spectra/``; the run's latest checkpoint names them, for the figure's title.
+    """
+    from diagnostics.analysis import Spectrum
+    from diagnostics.cli._outputs import run_label
+    from diagnostics.training.epoch_spectra import SPECTRA_FOLDER
+    from diagnostics.training.harness import STATS_FILENAME
+
+    spectrum = Spectrum.load(src)
+    prov = spectrum.meta.get("provenance") or {}
+    if spectrum.meta.get("epoch") is None or prov.get("model") or src.parent.name != SPECTRA_FOLDER:
+        return spectrum
+    run = run_label(src.parent.parent / STATS_FILENAME)[1]  # the run folder's checkpoint meta
+    if run.get("model"):
+        found = {"model": run["model"], "dataset": run.get("dataset"), "split": "held-out"}
+        spectrum.meta["provenance"] = {**found, **prov}
+    return spectrum
+
+
 def _plot_npz(src: Path, args: argparse.Namespace, out: Path) -> None:
     from diagnostics import plots
 
     kind = _format_of(src)
     if kind == "spectrum":
-        from diagnostics.analysis import Spectrum
-
-        plots.plot_spectrum(
-            Spectrum.load(src), log=args.log is not False, title=args.title, path=out
-        )
+        spectrum = _spectrum_with_run(src)
+        plots.plot_spectrum(spectrum, log=args.log is not False, title=args.title, path=out)
     elif kind == "landscape":
         from diagnostics.analysis import Landscape
 

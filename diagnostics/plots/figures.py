@@ -48,7 +48,12 @@ DIAGONALS = {
 
 
 def spectrum_title(spectrum: Any, diagonal_label: str | None = None) -> str:
-    r"""A two-line title naming curvature, then model, data and Lanczos steps from ``meta``.
+    r"""A two-line title naming curvature and epoch, then model, data and Lanczos steps.
+
+    Everything comes from ``meta``: ``curvature``; ``epoch`` and ``lr`` of a spectrum saved
+    during training (:class:`~diagnostics.training.EpochSpectra`); ``provenance`` with
+    ``model``, ``dataset``, ``split`` (e.g. ``"held-out"``) and ``checkpoint``; else the
+    parameter count ``num_params``; ``num_samples``, ``lanczos_steps`` and ``num_probes``.
 
     Example:
         >>> class S:
@@ -56,18 +61,26 @@ def spectrum_title(spectrum: Any, diagonal_label: str | None = None) -> str:
         ...             "lanczos_steps": 12, "provenance": {"model": "mlp", "dataset": "digits"}}
         >>> spectrum_title(S())
         'GGN spectrum\nmlp on digits (96 samples), 12 Lanczos steps'
+        >>> S.meta |= {"epoch": 5, "lr": 0.1, "provenance": {"model": "mlp",
+        ...            "dataset": "digits", "split": "held-out"}}
+        >>> spectrum_title(S())
+        'GGN spectrum after epoch 5 (lr 0.1)\nmlp on digits (96 held-out samples), 12 Lanczos steps'
     """
     meta = getattr(spectrum, "meta", None) or {}
     prov = meta.get("provenance") or {}
     name = _CURVATURE.get(meta.get("curvature"), ("Lanczos", ""))[0]
     head = f"{name} spectrum"
+    if meta.get("epoch") is not None:
+        head += f" after epoch {meta['epoch']}"
+        head += f" (lr {meta['lr']:g})" if isinstance(meta.get("lr"), (int, float)) else ""
     if diagonal_label:
         head += f" vs {DIAGONALS.get(diagonal_label, diagonal_label)}"
     model = prov.get("model")
     if not model and "num_params" in meta:
         model = f"{meta['num_params']:,} parameters"
     data = prov.get("dataset")
-    samples = f"{meta['num_samples']} samples" if meta.get("num_samples") else None
+    split = f"{prov['split']} " if prov.get("split") else ""
+    samples = f"{meta['num_samples']} {split}samples" if meta.get("num_samples") else None
     what = " on ".join(p for p in (model, data) if p)
     if samples:
         what = f"{what} ({samples})" if data else ", ".join(p for p in (what, samples) if p)
@@ -129,27 +142,41 @@ def _draw_stems(
     return stems
 
 
-def _draw_zoom(
-    ax: Axes,
+def _add_zoom_panel(
+    fig: Figure,
+    main: Axes,
     bulk: Bulk,
-    nodes: np.ndarray,
-    weights: np.ndarray,
+    measure: tuple[np.ndarray, np.ndarray],
     hists: dict[str, np.ndarray],
     labels: dict,
     style: tuple[str, float, int],
-) -> None:
-    """The companion panel: the bulk's stems (and histogram bars) on their own linear axis."""
-    color, bottom, bins = style
+) -> Axes:
+    """Mark the bulk on ``main``; below it, the bulk's stems and bars on their own linear axis."""
+    (nodes, weights), (color, bottom, bins) = measure, style
     lo, hi = zoom_limits(bulk.low, bulk.high)
+    for x, mark in zip((lo, hi), ("bulk (zoomed below)", "_"), strict=True):
+        main.axvline(x, color="0.45", ls=":", lw=1, label=mark)
+    ax = fig.add_subplot(2, 1, 2, sharey=main)
     inside = {k: v[(v >= lo) & (v <= hi)] for k, v in hists.items()}
     edges = np.linspace(lo, hi, bins + 1)
     _draw_histograms(ax, inside, edges, labels, {k: v.size for k, v in hists.items()})
     _draw_stems(ax, nodes[bulk.mask], weights[bulk.mask], color, bottom)
     ax.set_xlim(lo, hi)
     ax.set_xlabel(r"eigenvalue $\lambda$ (bulk, linear scale)")
+    ax.set_ylabel(main.get_ylabel())
     k, mass = int(bulk.mask.sum()), float(weights[bulk.mask].sum())
     ax.set_title(f"bulk: {k} of {nodes.size} Ritz values in [{bulk.low:.3g}, {bulk.high:.3g}],"
                  f" mass {mass:.3f}", fontsize="small")  # fmt: skip
+    return ax
+
+
+def _legend_marking_negative(ax: Axes, negative: str | None) -> None:
+    """The legend of ``ax``, with the shaded side theta < 0 and its negative mass if any."""
+    handles, names = ax.get_legend_handles_labels()
+    patch = mark_negative(ax, negative)
+    if patch is not None:
+        handles, names = [*handles, patch], [*names, patch.get_label()]
+    ax.legend(handles, names, frameon=False, fontsize="small")
 
 
 def plot_spectrum(
@@ -220,9 +247,7 @@ def plot_spectrum(
     if zoom is not None and not isinstance(zoom, bool):
         raise ValueError(f"zoom must be True, False or None; got {zoom!r}.")
     hists = {
-        name: _as_1d(name, values)
-        for name, values in (("exact", exact), ("diagonal", diagonal))
-        if values is not None
+        k: _as_1d(k, v) for k, v in (("exact", exact), ("diagonal", diagonal)) if v is not None
     }
     bulk = bulk_of(spectrum, nodes, weights)
     zoomed = bulk.crowded if zoom is None else zoom
@@ -243,19 +268,10 @@ def plot_spectrum(
     ax.set_ylabel("spectral mass" + (" (log scale)" if log else ""))
     negative = negative_mass_label(spectrum, nodes, weights)
     if zoomed:
-        for x, mark in zip(
-            zoom_limits(bulk.low, bulk.high), ("bulk (zoomed below)", "_"), strict=True
-        ):
-            ax.axvline(x, color="0.45", ls=":", lw=1, label=mark)
-        inset = fig.add_subplot(2, 1, 2, sharey=ax)
-        _draw_zoom(inset, bulk, nodes, weights, hists, labels, (color, bottom, bins))
-        inset.set_ylabel(ax.get_ylabel())
+        style = (color, bottom, bins)
+        inset = _add_zoom_panel(fig, ax, bulk, (nodes, weights), hists, labels, style)
         mark_negative(inset, negative)
-    handles, names = ax.get_legend_handles_labels()
-    patch = mark_negative(ax, negative)
-    if patch is not None:
-        handles, names = [*handles, patch], [*names, patch.get_label()]
-    ax.legend(handles, names, frameon=False, fontsize="small")
+    _legend_marking_negative(ax, negative)
     if title is None:
         title = spectrum_title(spectrum, diagonal_label if diagonal is not None else None)
     if title:

@@ -121,6 +121,12 @@ class EpochSpectra(Callback):
         self.curvature, self.lanczos_steps, self.bn_mode = curvature, lanczos_steps, bn_mode
         self.saved: list[Path] = []
         self.spectra: dict[int, Any] = {}
+        self.provenance: dict[str, Any] = {}
+
+    def on_train_start(self, config: dict[str, Any]) -> None:
+        """Record the run's model and data set as the spectra's provenance (plot titles)."""
+        model, dataset = config.get("model"), config.get("dataset")
+        self.provenance = {"model": model, "dataset": dataset, "split": "held-out"}
 
     def on_epoch_end(
         self,
@@ -143,6 +149,8 @@ class EpochSpectra(Callback):
             lanczos_steps=self.lanczos_steps,
             bn_mode=self.bn_mode,
         )
+        if self.provenance:
+            spectrum.meta["provenance"] = dict(self.provenance)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / spectrum_filename(epoch)

@@ -208,6 +208,32 @@ def test_plot_overlays_runs_labelled_by_their_optimiser(runs, tmp_path, monkeypa
     assert fig.axes[-1].get_title() == "train loss vs wall-clock time"
 
 
+def test_epoch_spectrum_plot_is_titled_by_model_data_and_epoch(tmp_path, monkeypatch):
+    import diagnostics.plots as plots
+    from diagnostics.results import load_npz
+
+    figures = []
+    real = plots.plot_spectrum
+    monkeypatch.setattr(plots, "plot_spectrum", lambda *a, **k: figures.append(real(*a, **k)))
+    run = tmp_path / "run"
+    argv = [*TRAIN, "--epochs", "1", "--lr", "0.1", "--schedule", "constant"]
+    assert main([*argv, "--spectrum-every", "1", "--out", str(run)]) == 0
+    src = run / "spectra" / "spectrum-epoch-00001.npz"
+    prov = Spectrum.load(src).meta["provenance"]
+    assert prov == {"model": "mlp", "dataset": "digits", "split": "held-out"}
+    title = "Hessian spectrum after epoch 1 (lr 0.1)\nmlp on digits (360 held-out samples), "
+    title += "30 Lanczos steps"
+    assert main(["plot", str(src), "--out", str(tmp_path / "a.png")]) == 0
+    assert figures[-1].axes[0].get_title() == title
+    # A spectrum saved before the provenance was recorded: the run's checkpoint names both.
+    arrays, meta = load_npz(src, "spectrum")
+    del meta["provenance"]
+    Spectrum(arrays, meta).save(src)
+    assert "provenance" not in Spectrum.load(src).meta
+    assert main(["plot", str(src), "--out", str(tmp_path / "b.png")]) == 0
+    assert figures[-1].axes[0].get_title() == title
+
+
 # Item 8: progress on a terminal, none with --quiet.
 
 
