@@ -20,9 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from diagnostics._progress import progress_bar
-from lanczos_optim._model_state import check_bn_mode, curvature_mode
-from lanczos_optim.operators import GGNOperator, HessianOperator
-from lanczos_optim.operators._base import LossFn, check_data, iterate_batches
+from lanczos_optim import (
+    LossFn,
+    check_bn_mode,
+    check_data,
+    curvature_mode,
+    curvature_operator,
+    iterate_batches,
+)
 
 __all__ = ["KINDS", "UnsupportedModelError", "diagonal_approximations", "hutchinson_diagonal"]
 
@@ -303,8 +308,7 @@ def diagonal_approximations(
         )
         curv = "hessian" if kind == "diag_hessian" else "ggn"
         if curv not in cache:
-            op_cls = HessianOperator if curv == "hessian" else GGNOperator
-            op = op_cls(model, loss_fn, data, bn_mode=bn_mode)
+            op = curvature_operator(curv, model, loss_fn, data, bn_mode=bn_mode)
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             cache[curv] = hutchinson_diagonal(op, hutchinson_samples, generator=gen)
         out[kind] = cache[curv]

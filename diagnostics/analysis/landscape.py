@@ -20,11 +20,14 @@ from diagnostics.analysis._landscape_eval import (
     set_point,
 )
 from diagnostics.analysis._landscape_result import Landscape
-from diagnostics.analysis.spectrum import CURVATURES, Spectrum
-from lanczos_optim import GGNOperator, HessianOperator
-from lanczos_optim._model_state import curvature_mode
-from lanczos_optim.flatten import unflatten_vector
-from lanczos_optim.operators._base import check_data
+from diagnostics.analysis.spectrum import Spectrum
+from lanczos_optim import (
+    check_curvature,
+    check_data,
+    curvature_mode,
+    curvature_operator,
+    unflatten_vector,
+)
 
 __all__ = ["Landscape", "build_loss_landscape", "select_directions"]
 
@@ -34,8 +37,8 @@ def _check_args(n_points: object, dist: object, curvature: object, plane: object
         raise ValueError(f"n_points must be an integer >= 2; got {n_points!r}.")
     if isinstance(dist, bool) or not isinstance(dist, (int, float)) or not 0 < dist < math.inf:
         raise ValueError(f"dist must be a finite number > 0; got {dist!r}.")
-    if curvature is not None and curvature not in CURVATURES:
-        raise ValueError(f"curvature must be None or one of {CURVATURES}; got {curvature!r}.")
+    if curvature is not None:
+        check_curvature(curvature)
     pair = (0, 1) if plane is True else plane
     if pair is not False and not (
         isinstance(pair, (tuple, list))
@@ -132,8 +135,9 @@ def build_loss_landscape(
         Nets*, 2018, https://arxiv.org/abs/1712.09913.
     """
     n_points, dist, pair = _check_args(n_points, dist, curvature, plane)
-    op_cls = GGNOperator if curvature == "ggn" else HessianOperator
-    op = op_cls(model, loss_fn, train_data, params=params, bn_mode=bn_mode)
+    op = curvature_operator(
+        curvature or "hessian", model, loss_fn, train_data, params=params, bn_mode=bn_mode
+    )
     test = None if test_data is None else check_data(test_data)
     dirs = resolve_directions(directions, indices, labels, op.shape[0], op.dtype, op.device)
     k = len(dirs.vectors)

@@ -22,15 +22,26 @@ import torch
 from torch import Tensor, nn
 
 from diagnostics._progress import progress_bar
-from lanczos_optim._graph_products import check_scalar_loss, ggn_product, hessian_product
-from lanczos_optim._loss_hessian import output_hessian_product
-from lanczos_optim._model_state import check_bn_mode, curvature_mode
-from lanczos_optim.flatten import flatten_tensors, unflatten_vector
-from lanczos_optim.operators._base import LossFn, check_data, iterate_batches, select_params
+from lanczos_optim import (
+    CURVATURES,
+    NUM_PROBES,
+    LossFn,
+    check_bn_mode,
+    check_curvature,
+    check_data,
+    check_num_probes,
+    check_scalar_loss,
+    curvature_mode,
+    flatten_tensors,
+    ggn_product,
+    hessian_product,
+    iterate_batches,
+    output_hessian_product,
+    select_params,
+    unflatten_vector,
+)
 
 __all__ = ["LossStatistics", "loss_statistics"]
-
-CURVATURES = ("hessian", "ggn")
 
 
 class _WeightedMoments:
@@ -150,7 +161,7 @@ def loss_statistics(
     data: object,
     *,
     bn_mode: str = "eval",
-    num_probes: int = 1,
+    num_probes: int = NUM_PROBES,
     curvature: Sequence[str] = CURVATURES,
     seed: int | None = None,
     params: Iterable[Tensor] | None = None,
@@ -199,10 +210,8 @@ def loss_statistics(
     check_bn_mode(bn_mode)
     curvature = (curvature,) if isinstance(curvature, str) else tuple(curvature)
     for c in curvature:
-        if c not in CURVATURES:
-            raise ValueError(f"curvature must be a subset of {CURVATURES}; got {c!r}.")
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"num_probes must be a positive int; got {num_probes!r}.")
+        check_curvature(c)
+    num_probes = check_num_probes(num_probes)
     if getattr(loss_fn, "reduction", "mean") == "sum":
         raise ValueError("loss_statistics compares batch-mean losses; got reduction='sum'.")
     data = check_data(data)
