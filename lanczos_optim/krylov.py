@@ -19,6 +19,7 @@ from torch import Tensor
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._linear_operator import _MatVec, as_matvec
 from lanczos_optim.lanczos import _start_vector, lanczos
+from lanczos_optim.validation import check_lanczos_steps
 
 __all__ = ["TRANSFORMS", "KrylovSolveInfo", "krylov_solve"]
 
@@ -169,10 +170,7 @@ def _check_args(v: object, lanczos_steps: object, damping: object, transform: ob
         raise ValueError(
             f"v must be a 1-D floating-point tensor; got shape {tuple(v.shape)}, dtype {v.dtype}."
         )
-    if isinstance(lanczos_steps, bool) or not isinstance(lanczos_steps, int):
-        raise TypeError(f"lanczos_steps must be an int; got {lanczos_steps!r}.")
-    if lanczos_steps < 1:
-        raise ValueError(f"Invalid lanczos_steps value: {lanczos_steps} (must be >= 1).")
+    check_lanczos_steps(lanczos_steps)  # capped at P where the operator's dimension is known
     if (
         isinstance(damping, bool)
         or not isinstance(damping, (int, float))
