@@ -225,7 +225,10 @@ def _probe_progress(bar: Any, steps: int) -> Callable[[int], None]:
 def _seeded_probes(seed: int, num_probes: int, dim: int) -> Tensor:
     """``[P, d]`` float64 probes: the first ``d`` draws of ``randn(P)`` from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
-    draws = [torch.randn(dim, generator=gen, dtype=torch.float64) for _ in range(num_probes)]
+    draws = [
+        torch.randn(dim, generator=gen, dtype=torch.float64, device="cpu")
+        for _ in range(num_probes)
+    ]
     return torch.stack(draws, dim=1)
 
 
