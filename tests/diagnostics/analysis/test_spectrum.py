@@ -360,3 +360,27 @@ def test_negative_mass_report_with_several_probes_and_a_positive_nearest_value()
     assert positive.negative_mass_report()[1] == (
         "raw negative mass 0.000; the Ritz value nearest 0 (0.001) is not negative"
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_seeded_probes_tol_and_vectors_follow_the_documented_recipe(dtype: torch.dtype) -> None:
+    """One spectrum path: probe j is the j-th float64 draw from the seed, run by lanczos."""
+    from lanczos_optim import HessianOperator
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).to(dtype)
+    x, y = torch.randn(30, 3, dtype=dtype), torch.randn(30, 2, dtype=dtype)
+    spec = compute_eigenspectrum(
+        model, nn.MSELoss(), (x, y), lanczos_steps=25, num_probes=3, seed=11, tol=1e-3,
+        save_eigvec=True,
+    )  # fmt: skip
+    op = HessianOperator(model, nn.MSELoss(), (x, y))
+    gen = torch.Generator().manual_seed(11)
+    for j in range(3):
+        v0 = torch.randn(op.shape[0], generator=gen, dtype=torch.float64).to(dtype)
+        ref = lanczos(op, 25, v0=v0, tol=1e-3, compute_vectors=j == 0)
+        assert spec.probe_num_steps[j] == ref.num_steps
+        np.testing.assert_array_equal(spec.alpha[spec.probe == j], ref.alpha.numpy())
+        if j == 0:
+            np.testing.assert_array_equal(spec.ritz_vectors, ref.ritz_vectors.numpy())
+    assert spec.probe_num_steps.max() < 25  # tol stopped the probes early
