@@ -275,7 +275,7 @@ def krylov_solve(
             ``shape`` and ``matvec``/``@`` (e.g. :class:`~lanczos_optim.GGNOperator`), or a
             callable ``w -> C w`` on ``[P]`` vectors of ``v``'s dtype and device.
         v: The ``[P]`` vector to solve for (for an optimiser, the gradient).
-        lanczos_steps: Number of Lanczos steps :math:`m \ge 1` = curvature-vector products.
+        lanczos_steps: Lanczos steps :math:`m \ge 1` = curvature products; capped at P (exact).
         damping: :math:`\delta > 0`.
         transform: ``"newton"`` (default) or ``"abs"`` (saddle-free).
         v0: Start of the Krylov space: ``None`` (default) for ``v`` itself, ``"random"`` for a
