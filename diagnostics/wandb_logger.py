@@ -49,6 +49,10 @@ from torch import nn
 
 from diagnostics.analysis._spectrum_summary import SpectrumSummaries
 from diagnostics.training import Callback, TrainingStep
+from diagnostics.training.epoch_spectra import (
+    EPOCH_SPECTRUM_LANCZOS_STEPS,
+    check_spectrum_settings,
+)
 from diagnostics.training.optimizers import differentiates_itself
 
 __all__ = [
@@ -222,7 +226,7 @@ class WandbLogger(Callback):
         spectrum_data: object = None,
         loss_fn: Callable[..., torch.Tensor] | None = None,
         curvature: str = "hessian",
-        lanczos_steps: int = 30,
+        lanczos_steps: int = EPOCH_SPECTRUM_LANCZOS_STEPS,
         bn_mode: str = "eval",
         eos_threshold: float = 1.8,
         finish_on_train_end: bool = True,
@@ -230,6 +234,7 @@ class WandbLogger(Callback):
     ) -> None:
         import wandb
 
+        settings = check_spectrum_settings(curvature, lanczos_steps, bn_mode)
         if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every must be an int >= 1; got {log_every!r}.")
         if spectrum_every is not None and (
@@ -243,7 +248,7 @@ class WandbLogger(Callback):
         self.spectrum_every = spectrum_every
         self.spectrum_data = spectrum_data
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
-        self.curvature, self.lanczos_steps, self.bn_mode = curvature, lanczos_steps, bn_mode
+        self.curvature, self.lanczos_steps, self.bn_mode = settings
         self.eos_threshold = eos_threshold
         self._eos_warned = False
         self.finish_on_train_end = finish_on_train_end

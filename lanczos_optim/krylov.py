@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,6 +20,7 @@ from torch import Tensor
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._linear_operator import _MatVec, as_matvec
 from lanczos_optim.lanczos import _start_vector, lanczos
+from lanczos_optim.validation import check_lanczos_steps
 
 __all__ = ["TRANSFORMS", "KrylovSolveInfo", "krylov_solve"]
 
@@ -169,10 +171,7 @@ def _check_args(v: object, lanczos_steps: object, damping: object, transform: ob
         raise ValueError(
             f"v must be a 1-D floating-point tensor; got shape {tuple(v.shape)}, dtype {v.dtype}."
         )
-    if isinstance(lanczos_steps, bool) or not isinstance(lanczos_steps, int):
-        raise TypeError(f"lanczos_steps must be an int; got {lanczos_steps!r}.")
-    if lanczos_steps < 1:
-        raise ValueError(f"Invalid lanczos_steps value: {lanczos_steps} (must be >= 1).")
+    check_lanczos_steps(lanczos_steps)  # capped at P where the operator's dimension is known
     if (
         isinstance(damping, bool)
         or not isinstance(damping, (int, float))
@@ -276,7 +275,7 @@ def krylov_solve(
             ``shape`` and ``matvec``/``@`` (e.g. :class:`~lanczos_optim.GGNOperator`), or a
             callable ``w -> C w`` on ``[P]`` vectors of ``v``'s dtype and device.
         v: The ``[P]`` vector to solve for (for an optimiser, the gradient).
-        lanczos_steps: Number of Lanczos steps :math:`m \ge 1` = curvature-vector products.
+        lanczos_steps: Lanczos steps :math:`m \ge 1` = curvature products; capped at P (exact).
         damping: :math:`\delta > 0`.
         transform: ``"newton"`` (default) or ``"abs"`` (saddle-free).
         v0: Start of the Krylov space: ``None`` (default) for ``v`` itself, ``"random"`` for a
@@ -328,6 +327,30 @@ def krylov_solve(
     if not isinstance(v0, (Tensor, type(None))) and v0 != "random":
         raise ValueError(f"v0 must be None, 'random' or a tensor; got {v0!r}.")
     op = as_matvec(operator, dim=v.shape[0], dtype=v.dtype, device=v.device)
+    vnorm2 = _check_operand(op, v)
+    if vnorm2 == 0.0:
+        d, info = torch.zeros_like(v), _zero_info(v, damping, transform)
+    else:
+        timer = _Timed(v.device)
+        steps = min(lanczos_steps, op.dim)
+        if block_size > 1:
+            theta, u, record = _block_run(op, v, v0, steps, generator, timer, block_size)
+        else:
+            theta, u, record = _single_run(op, v, v0, steps, generator, timer)
+        d, info = _solve_in_basis(
+            theta, u, damping, transform, v, in_span=v0 is None, vnorm2=vnorm2
+        )
+        for key, value in record.items():
+            setattr(info, key, value)
+        info.product_seconds = timer.seconds
+    info.total_seconds = time.perf_counter() - start
+    if not bool(torch.isfinite(d).all()):
+        raise FloatingPointError("krylov_solve produced a non-finite result.")
+    return (d, info) if return_info else d
+
+
+def _check_operand(op: _MatVec, v: Tensor) -> float:
+    """Check ``v`` against the operator and return its squared norm (in float64)."""
     if op.dim != v.shape[0]:
         raise ValueError(
             f"v must have shape ({op.dim},) to match the operator; got {tuple(v.shape)}."
@@ -337,67 +360,69 @@ def krylov_solve(
     vnorm2 = float(torch.dot(v.double(), v.double()))
     if not math.isfinite(vnorm2):
         raise ValueError("v has non-finite entries.")
-    if vnorm2 == 0.0:
-        empty = torch.zeros(0, dtype=torch.float64, device="cpu")
-        info = KrylovSolveInfo(
-            ritz_values=empty,
-            weights=empty,
-            residuals=empty,
-            ritz_vectors=v.new_zeros(v.shape[0], 0),
-            damping=damping,
-            transform=transform,
-            factors=empty,
-            krylov_fraction=1.0,
-            total_seconds=time.perf_counter() - start,
-            _in_span=True,
-        )
-        d = torch.zeros_like(v)
-        return (d, info) if return_info else d
+    return vnorm2
 
-    timer = _Timed(v.device)
-    in_span = v0 is None
-    if block_size > 1:
-        first = v if in_span else (v0 if isinstance(v0, Tensor) else None)
-        width = min(block_size, op.dim)
-        matmat = timer.wrap(_matmat_of(op))
-        start_block = _start_block(first, op.dim, width, v, generator)
-        if op.sync is not None:  # distributed: every rank starts from rank 0's block
-            start_block = torch.stack([op.sync(start_block[:, k]) for k in range(width)], dim=1)
-        block = block_lanczos(matmat, start_block, min(lanczos_steps, op.dim))
-        d, info = _solve_in_basis(
-            block.ritz_values,
-            block.ritz_vectors,
-            damping,
-            transform,
-            v,
-            in_span=in_span,
-            vnorm2=vnorm2,
-        )
-        info.weights, info.residuals = block.weights, block.residuals
-        info.num_products, info.breakdown = block.num_products, block.breakdown
-    else:
-        res = lanczos(
-            timer.wrap(op.matvec),
-            min(lanczos_steps, op.dim),
-            v0=v if in_span else (None if isinstance(v0, str) else v0),
-            generator=generator,
-            compute_vectors=True,
-            dim=op.dim,
-            dtype=op.dtype,
-            device=op.device,
-        )
-        u = res.ritz_vectors
-        if u is None:  # pragma: no cover - compute_vectors=True always returns them
-            raise RuntimeError("lanczos returned no Ritz vectors.")
-        d, info = _solve_in_basis(
-            res.ritz_values, u, damping, transform, v, in_span=in_span, vnorm2=vnorm2
-        )
-        info.weights = res.weights
-        info.residuals = res.residuals
-        info.num_products = res.num_steps
-        info.breakdown = res.breakdown
-    info.product_seconds = timer.seconds
-    info.total_seconds = time.perf_counter() - start
-    if not bool(torch.isfinite(d).all()):
-        raise FloatingPointError("krylov_solve produced a non-finite result.")
-    return (d, info) if return_info else d
+
+def _zero_info(v: Tensor, damping: float, transform: str) -> KrylovSolveInfo:
+    """The record of the solve with ``v = 0`` (no products, ``d = 0``)."""
+    empty = torch.zeros(0, dtype=torch.float64, device="cpu")
+    return KrylovSolveInfo(
+        ritz_values=empty,
+        weights=empty,
+        residuals=empty,
+        ritz_vectors=v.new_zeros(v.shape[0], 0),
+        damping=damping,
+        transform=transform,
+        factors=empty,
+        krylov_fraction=1.0,
+        _in_span=True,
+    )
+
+
+def _block_run(
+    op: _MatVec,
+    v: Tensor,
+    v0: Tensor | str | None,
+    steps: int,
+    generator: torch.Generator | None,
+    timer: _Timed,
+    block_size: int,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Block Lanczos of width ``block_size``: Ritz values, Ritz vectors and the run's record."""
+    first = v if v0 is None else (v0 if isinstance(v0, Tensor) else None)
+    width = min(block_size, op.dim)
+    matmat = timer.wrap(_matmat_of(op))
+    start_block = _start_block(first, op.dim, width, v, generator)
+    if op.sync is not None:  # distributed: every rank starts from rank 0's block
+        start_block = torch.stack([op.sync(start_block[:, k]) for k in range(width)], dim=1)
+    block = block_lanczos(matmat, start_block, steps)
+    record = {"weights": block.weights, "residuals": block.residuals}
+    record |= {"num_products": block.num_products, "breakdown": block.breakdown}
+    return block.ritz_values, block.ritz_vectors, record
+
+
+def _single_run(
+    op: _MatVec,
+    v: Tensor,
+    v0: Tensor | str | None,
+    steps: int,
+    generator: torch.Generator | None,
+    timer: _Timed,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Plain Lanczos: Ritz values, Ritz vectors and the run's record."""
+    res = lanczos(
+        timer.wrap(op.matvec),
+        steps,
+        v0=v if v0 is None else (None if isinstance(v0, str) else v0),
+        generator=generator,
+        compute_vectors=True,
+        dim=op.dim,
+        dtype=op.dtype,
+        device=op.device,
+    )
+    u = res.ritz_vectors
+    if u is None:  # pragma: no cover - compute_vectors=True always returns them
+        raise RuntimeError("lanczos returned no Ritz vectors.")
+    record = {"weights": res.weights, "residuals": res.residuals}
+    record |= {"num_products": res.num_steps, "breakdown": res.breakdown}
+    return res.ritz_values, u, record

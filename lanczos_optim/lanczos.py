@@ -11,7 +11,8 @@ from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._convergence import STOP_ON, ResidualTest
-from lanczos_optim._linear_operator import as_matvec
+from lanczos_optim._linear_operator import _MatVec, as_matvec
+from lanczos_optim.validation import check_lanczos_steps
 
 __all__ = ["LanczosResult", "lanczos"]
 
@@ -87,15 +88,6 @@ def _eigh_tridiagonal(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
     return torch.linalg.eigh(_tridiagonal(alpha, beta))
 
 
-def check_num_steps(num_steps: object, dim: int) -> int:
-    """Return ``num_steps`` if it is an int in ``[1, dim]``, else raise naming the value."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
-        raise TypeError(f"num_steps must be an int; got {num_steps!r}.")
-    if not 1 <= num_steps <= dim:
-        raise ValueError(f"num_steps must be in [1, {dim}] (the dimension); got {num_steps}.")
-    return num_steps
-
-
 def _start_vector(
     v0: Tensor | None,
     dim: int,
@@ -158,7 +150,8 @@ def lanczos(
     Args:
         operator: A dense symmetric tensor, an object with ``shape`` and ``matvec`` or ``@``
             (e.g. :class:`~lanczos_optim.HessianOperator`), or a callable with ``dim=``.
-        num_steps: Number of steps ``m``, ``1 <= m <= P``.
+        num_steps: Number of steps ``m >= 1``; more than ``P`` are capped at ``P`` (exact:
+            the Krylov space is then the whole space).
         v0: Start vector of shape ``[P]`` (normalised here). Default: a Gaussian draw.
         generator: Random generator for the default start vector.
         reorthogonalize: Full reorthogonalisation (default). ``False`` gives the plain
@@ -185,7 +178,7 @@ def lanczos(
         A :class:`LanczosResult`.
 
     Raises:
-        ValueError: On a non-square or non-symmetric matrix, ``num_steps`` out of range,
+        ValueError: On a non-square or non-symmetric matrix, ``num_steps`` not an int >= 1,
             a ``v0`` of wrong shape or zero norm, or a bad ``tol``/``stop_on``.
 
     Example:
@@ -205,12 +198,8 @@ def lanczos(
         dtype = dtype or v0.dtype
         device = device or v0.device
     op = as_matvec(operator, dim=dim, dtype=dtype, device=device)
-    check_num_steps(num_steps, op.dim)
-    if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be positive or None; got {tol}.")
-    if stop_on not in STOP_ON:
-        raise ValueError(f"stop_on must be one of {STOP_ON}; got {stop_on!r}.")
-
+    num_steps = check_lanczos_steps(num_steps, op.dim, name="num_steps")
+    check = _residual_test(tol, stop_on, num_steps)
     v = _start_vector(v0, op.dim, op.dtype, op.device, generator)
     if op.sync is not None:  # a distributed operator: every rank starts from rank 0's vector
         v = op.sync(v)
@@ -222,55 +211,13 @@ def lanczos(
         storage_dtype=basis_dtype,
         storage_device=basis_device,
     )
-    alphas: list[float] = []
-    betas: list[float] = []
-    check = None if tol is None else ResidualTest(tol, stop_on, capacity=min(num_steps, 64))
-    eps = torch.finfo(op.dtype).eps
-    anorm = 0.0
-    breakdown = False
-    beta_prev = 0.0
-    v_prev = v
-    for j in range(num_steps):
-        basis.append(v)
-        w = op.matvec(v)
-        if w.shape != v.shape:
-            raise ValueError(f"operator returned shape {tuple(w.shape)}; expected ({op.dim},).")
-        w = w.to(op.dtype)
-        alpha = float(torch.dot(v, w))
-        w = w - alpha * v
-        if j > 0:
-            w = w - beta_prev * v_prev
-        if reorthogonalize:
-            w = basis.project_out(w)
-        beta = float(torch.linalg.vector_norm(w))
-        alphas.append(alpha)
-        anorm = max(anorm, abs(alpha) + beta + beta_prev)
-        if not (math.isfinite(alpha) and math.isfinite(beta)):
-            raise FloatingPointError(
-                f"Lanczos step {j + 1}: the operator returned non-finite values."
-            )
-        if callback is not None:
-            callback(j + 1)
-        if beta <= eps ** (2 / 3) * anorm:
-            breakdown = True
-            beta_prev = beta
-            break
-        if check is not None:
-            check.push(alpha, beta_prev)
-            if j >= 1 and check.converged(beta):
-                beta_prev = beta
-                break
-        if j < num_steps - 1:
-            betas.append(beta)
-        beta_prev = beta
-        v_prev, v = v, w / beta
-
-    m = len(alphas)
+    run = _Recurrence(op, basis, reorthogonalize, check, callback)
+    run.iterate(v, num_steps)
     res = LanczosResult.from_tridiagonal(
-        torch.tensor(alphas, dtype=torch.float64, device="cpu"),
-        torch.tensor(betas[: m - 1], dtype=torch.float64, device="cpu"),
-        beta_prev,
-        breakdown,
+        torch.tensor(run.alphas, dtype=torch.float64, device="cpu"),
+        torch.tensor(run.betas[: len(run.alphas) - 1], dtype=torch.float64, device="cpu"),
+        run.beta_prev,
+        run.breakdown,
     )
     if compute_vectors:
         u = basis.combine(res.eigvecs_T)
@@ -278,3 +225,86 @@ def lanczos(
     if keep_basis:
         res.basis = basis.tensor()
     return res
+
+
+def _residual_test(tol: float | None, stop_on: str, num_steps: int) -> ResidualTest | None:
+    """The early-stopping test for ``tol``/``stop_on`` (``None`` without ``tol``)."""
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be positive or None; got {tol}.")
+    if stop_on not in STOP_ON:
+        raise ValueError(f"stop_on must be one of {STOP_ON}; got {stop_on!r}.")
+    return None if tol is None else ResidualTest(tol, stop_on, capacity=min(num_steps, 64))
+
+
+class _Recurrence:
+    r"""The Lanczos three-term recurrence with optional full reorthogonalisation.
+
+    After :meth:`iterate`, ``alphas`` and ``betas`` hold :math:`T`'s entries, ``beta_prev`` the
+    last residual norm :math:`\beta_m` and ``breakdown`` whether the Krylov space became
+    invariant.
+    """
+
+    def __init__(
+        self,
+        op: _MatVec,
+        basis: LanczosBasis,
+        reorthogonalize: bool,
+        check: ResidualTest | None,
+        callback: Callable[[int], None] | None,
+    ) -> None:
+        self.op, self.basis, self.reorthogonalize = op, basis, reorthogonalize
+        self.check, self.callback = check, callback
+        self.alphas: list[float] = []
+        self.betas: list[float] = []
+        self.beta_prev = 0.0
+        self.breakdown = False
+        self._anorm = 0.0
+        self._eps = torch.finfo(op.dtype).eps
+
+    def _step(self, j: int, v: Tensor, v_prev: Tensor) -> tuple[float, Tensor]:
+        r"""Step ``j``: append ``v``, return :math:`\beta_j` and the unnormalised residual."""
+        op = self.op
+        self.basis.append(v)
+        w = op.matvec(v)
+        if w.shape != v.shape:
+            raise ValueError(f"operator returned shape {tuple(w.shape)}; expected ({op.dim},).")
+        w = w.to(op.dtype)
+        alpha = float(torch.dot(v, w))
+        w = w - alpha * v
+        if j > 0:
+            w = w - self.beta_prev * v_prev
+        if self.reorthogonalize:
+            w = self.basis.project_out(w)
+        beta = float(torch.linalg.vector_norm(w))
+        self.alphas.append(alpha)
+        self._anorm = max(self._anorm, abs(alpha) + beta + self.beta_prev)
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
+            raise FloatingPointError(
+                f"Lanczos step {j + 1}: the operator returned non-finite values."
+            )
+        if self.callback is not None:
+            self.callback(j + 1)
+        return beta, w
+
+    def _stops(self, j: int, beta: float) -> bool:
+        """Whether the run ends after step ``j``: breakdown, or converged under ``tol``."""
+        if beta <= self._eps ** (2 / 3) * self._anorm:
+            self.breakdown = True
+            return True
+        if self.check is not None:
+            self.check.push(self.alphas[-1], self.beta_prev)
+            return j >= 1 and self.check.converged(beta)
+        return False
+
+    def iterate(self, v: Tensor, num_steps: int) -> None:
+        """Run up to ``num_steps`` steps from the unit start vector ``v``."""
+        v_prev = v
+        for j in range(num_steps):
+            beta, w = self._step(j, v, v_prev)
+            if self._stops(j, beta):
+                self.beta_prev = beta
+                return
+            if j < num_steps - 1:
+                self.betas.append(beta)
+            self.beta_prev = beta
+            v_prev, v = v, w / beta

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from lanczos_optim._lanczos_many import lanczos_many
-from lanczos_optim._linear_operator import as_matvec
-from lanczos_optim.lanczos import LanczosResult, check_num_steps, lanczos
+from lanczos_optim._linear_operator import _MatVec, as_matvec
+from lanczos_optim.lanczos import LanczosResult, lanczos
+from lanczos_optim.validation import NUM_PROBES, check_lanczos_steps, check_num_probes
 
 __all__ = ["SpectralDensity", "spectral_density"]
 
@@ -41,6 +42,11 @@ class SpectralDensity:
     def num_probes(self) -> int:
         """Number of probe vectors."""
         return len(self.per_probe)
+
+    @property
+    def ritz_vectors(self) -> Tensor | None:
+        """The ``[P, m]`` unit Ritz vectors of the first probe (with ``compute_vectors``)."""
+        return self.per_probe[0].ritz_vectors if self.per_probe else None
 
     def moment(self, k: int) -> float:
         r"""The :math:`k`-th moment :math:`\sum_i w_i \theta_i^k`, estimating :math:`tr(A^k)/P`."""
@@ -87,15 +93,42 @@ def _probe(
     return v.to(device)
 
 
+def _starts(
+    op: _MatVec, num_probes: int, probe: str, v0: Tensor | None, gen: torch.Generator | None
+) -> list[Tensor]:
+    """The probes' start vectors: the columns of ``v0``, or random draws of kind ``probe``."""
+    if v0 is None:
+        return [_probe(probe, op.dim, op.dtype, op.device, gen) for _ in range(num_probes)]
+    if not isinstance(v0, Tensor) or v0.shape != (op.dim, num_probes):
+        shape = tuple(v0.shape) if isinstance(v0, Tensor) else type(v0).__name__
+        raise ValueError(f"v0 must be a tensor of shape ({op.dim}, {num_probes}); got {shape}.")
+    return list(v0.to(op.device, op.dtype).unbind(dim=1))
+
+
+def _batch_probes(
+    batch_probes: bool | None, op: _MatVec, num_probes: int, reorthogonalize: bool, single: bool
+) -> bool:
+    """Whether to run the probes in lock-step; ``single``: an option only one-by-one runs have."""
+    if batch_probes and single:
+        raise ValueError("batch_probes=True cannot be combined with tol or compute_vectors.")
+    if batch_probes is None:
+        return op.matmat is not None and num_probes > 1 and reorthogonalize and not single
+    return batch_probes
+
+
 def spectral_density(
     operator: object,
     num_steps: int,
-    num_probes: int = 1,
+    num_probes: int = NUM_PROBES,
     *,
     probe: str = "gaussian",
     generator: torch.Generator | None = None,
+    v0: Tensor | None = None,
     reorthogonalize: bool = True,
     batch_probes: bool | None = None,
+    tol: float | None = None,
+    stop_on: str = "extremes",
+    compute_vectors: bool = False,
     dim: int | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
@@ -111,15 +144,23 @@ def spectral_density(
 
     Args:
         operator: As for :func:`~lanczos_optim.lanczos`.
-        num_steps: Lanczos steps per probe.
+        num_steps: Lanczos steps per probe, ``>= 1``; capped at ``P`` (exact).
         num_probes: Number of independent probes, at least 1.
         probe: ``"gaussian"`` or ``"rademacher"``.
         generator: Random generator for the probes.
+        v0: ``[P, num_probes]`` start vectors to use instead of random probes (each column is
+            normalised); ``probe`` and ``generator`` are then unused.
         reorthogonalize: Full reorthogonalisation (default).
         batch_probes: Run the probes in lock-step, one ``matmat`` of all probes per step.
-            Default: when the operator has ``matmat`` and there are several probes. Gives the
-            same result as running them one by one; faster where ``matmat`` shares work (see
-            ``benchmarks/peers.py``). Always reorthogonalises.
+            Default: when the operator has ``matmat``, there are several probes and neither
+            ``tol`` nor ``compute_vectors`` is set. Gives the same result as running them one
+            by one; faster where ``matmat`` shares work (see ``benchmarks/peers.py``). Always
+            reorthogonalises.
+        tol: Stop a probe early once the residual bounds of the Ritz values chosen by
+            ``stop_on`` fall below ``tol * max|theta|`` (see :func:`~lanczos_optim.lanczos`).
+        stop_on: ``"extremes"``, ``"largest"``, ``"smallest"`` or ``"all"``.
+        compute_vectors: Also compute the ``[P, m]`` Ritz vectors of the first probe
+            (:attr:`SpectralDensity.ritz_vectors`); one probe's, to bound the memory.
         dim: Dimension of a callable operator.
         dtype: Dtype of a callable operator.
         device: Device of a callable operator.
@@ -138,19 +179,20 @@ def spectral_density(
         1.0
         >>> abs(sd.moment(1) - 50.5) < 10
         True
+        >>> sd = spectral_density(A, 200, compute_vectors=True, generator=g)  # capped at P
+        >>> sd.ritz_vectors.shape
+        torch.Size([100, 100])
     """
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"num_probes must be a positive int; got {num_probes!r}.")
+    num_probes = check_num_probes(num_probes)
     if probe not in _PROBES:
         raise ValueError(f"probe must be one of {_PROBES}; got {probe!r}.")
     op = as_matvec(operator, dim=dim, dtype=dtype, device=device)
-    check_num_steps(num_steps, op.dim)
-    starts = [_probe(probe, op.dim, op.dtype, op.device, generator) for _ in range(num_probes)]
+    num_steps = check_lanczos_steps(num_steps, op.dim, name="num_steps")
+    starts = _starts(op, num_probes, probe, v0, generator)
     if op.sync is not None:  # a distributed operator: every rank uses rank 0's probes
         starts = [op.sync(s) for s in starts]
-    if batch_probes is None:
-        batch_probes = op.matmat is not None and num_probes > 1 and reorthogonalize
-    if batch_probes:
+    single = tol is not None or compute_vectors
+    if _batch_probes(batch_probes, op, num_probes, reorthogonalize, single):
         matmat = op.matmat or (lambda m: torch.stack([op.matvec(c) for c in m.T], dim=1))
         results = lanczos_many(matmat, torch.stack(starts, dim=1), num_steps, callback)
     else:
@@ -158,14 +200,17 @@ def spectral_density(
             lanczos(
                 op.matvec,
                 num_steps,
-                v0=v0,
+                v0=start,
                 reorthogonalize=reorthogonalize,
+                tol=tol,
+                stop_on=stop_on,
+                compute_vectors=compute_vectors and j == 0,
                 dim=op.dim,
                 dtype=op.dtype,
                 device=op.device,
                 callback=callback,
             )
-            for v0 in starts
+            for j, start in enumerate(starts)
         ]
     nodes = torch.cat([r.ritz_values for r in results])
     weights = torch.cat([r.weights for r in results]) / num_probes

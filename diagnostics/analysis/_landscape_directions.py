@@ -80,6 +80,7 @@ def _from_spectrum(spectrum: Spectrum, indices: Sequence[int] | None, dim: int) 
     if spectrum.ritz_vectors is None:
         raise ValueError(
             "The Spectrum given as directions has no Ritz vectors; compute it with "
+            "`lanczos-optim spectrum --save-eigvec` or "
             "compute_eigenspectrum(..., save_eigvec=True)."
         )
     if spectrum.num_params != dim:

@@ -20,9 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from diagnostics._progress import progress_bar
-from lanczos_optim._model_state import check_bn_mode, curvature_mode
-from lanczos_optim.operators import GGNOperator, HessianOperator
-from lanczos_optim.operators._base import LossFn, check_data, iterate_batches
+from lanczos_optim import (
+    LossFn,
+    check_bn_mode,
+    check_data,
+    curvature_mode,
+    curvature_operator,
+    iterate_batches,
+)
 
 __all__ = ["KINDS", "UnsupportedModelError", "diagonal_approximations", "hutchinson_diagonal"]
 
@@ -195,6 +200,39 @@ def _backpack_diagonal(
     return (acc if sum_red else acc / total).to(params[0].dtype)
 
 
+def _check_options(
+    kinds: str | Sequence[str], fallback: object, mc_samples: object, hutchinson_samples: object
+) -> tuple[str, ...]:
+    """The kinds asked for, without repeats; raises on a bad kind, fallback or sample count."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(dict.fromkeys(kinds))
+    if not kinds or any(k not in KINDS for k in kinds):
+        bad = [k for k in kinds if k not in KINDS] or kinds
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}; got {bad!r}.")
+    if fallback not in _FALLBACKS:
+        raise ValueError(f"fallback must be one of {_FALLBACKS}; got {fallback!r}.")
+    for name, value in (("mc_samples", mc_samples), ("hutchinson_samples", hutchinson_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return kinds
+
+
+def _attempt_backpack(
+    net: nn.Module, bp_loss: object, *args: Any
+) -> tuple[Tensor | None, list[str], str]:
+    """BackPACK's diagonal, or ``None`` with the refusing layer and BackPACK's message.
+
+    ``args`` are the remaining arguments of :func:`_backpack_diagonal`. Errors that no layer
+    of ``net`` explains are raised.
+    """
+    try:
+        return _backpack_diagonal(net, bp_loss, *args), [], ""
+    except Exception as exc:
+        culprit = _backpack_culprit(exc, net, bp_loss)
+        if culprit is None:
+            raise
+        return None, [f"{culprit}: {type(exc).__name__} in BackPACK"], str(exc)
+
+
 def diagonal_approximations(
     model: nn.Module,
     loss_fn: LossFn,
@@ -253,15 +291,7 @@ def diagonal_approximations(
         >>> torch.allclose(d["diag_hessian"][:3], 2 * (x**2).mean(0))
         True
     """
-    kinds = (kinds,) if isinstance(kinds, str) else tuple(dict.fromkeys(kinds))
-    if not kinds or any(k not in KINDS for k in kinds):
-        bad = [k for k in kinds if k not in KINDS] or kinds
-        raise ValueError(f"kinds must be a non-empty subset of {KINDS}; got {bad!r}.")
-    if fallback not in _FALLBACKS:
-        raise ValueError(f"fallback must be one of {_FALLBACKS}; got {fallback!r}.")
-    for name, value in (("mc_samples", mc_samples), ("hutchinson_samples", hutchinson_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    kinds = _check_options(kinds, fallback, mc_samples, hutchinson_samples)
     check_bn_mode(bn_mode)
     data = check_data(data)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -283,17 +313,13 @@ def diagonal_approximations(
         detail = ""
         if not refused:
             total = len(data) if hasattr(data, "__len__") else None
-            try:
-                with progress_bar(total, kind, enabled=progress, unit="batch") as bar:
-                    out[kind] = _backpack_diagonal(
-                        net, bp_loss, data, clones, ext, bn_mode, seed, bar
-                    )
+            with progress_bar(total, kind, enabled=progress, unit="batch") as bar:
+                diag, refused, detail = _attempt_backpack(
+                    net, bp_loss, data, clones, ext, bn_mode, seed, bar
+                )
+            if diag is not None:
+                out[kind] = diag
                 continue
-            except Exception as exc:
-                culprit = _backpack_culprit(exc, net, bp_loss)
-                if culprit is None:
-                    raise
-                refused, detail = [f"{culprit}: {type(exc).__name__} in BackPACK"], str(exc)
         if fallback is None:
             raise UnsupportedModelError(kind, refused, detail)
         warnings.warn(
@@ -303,8 +329,7 @@ def diagonal_approximations(
         )
         curv = "hessian" if kind == "diag_hessian" else "ggn"
         if curv not in cache:
-            op_cls = HessianOperator if curv == "hessian" else GGNOperator
-            op = op_cls(model, loss_fn, data, bn_mode=bn_mode)
+            op = curvature_operator(curv, model, loss_fn, data, bn_mode=bn_mode)
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             cache[curv] = hutchinson_diagonal(op, hutchinson_samples, generator=gen)
         out[kind] = cache[curv]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,11 @@ from torch import Tensor, nn
 
 import lanczos_optim
 from diagnostics._progress import progress_bar
-from diagnostics.analysis._landscape_directions import resolve_directions, select_directions
+from diagnostics.analysis._landscape_directions import (
+    Directions,
+    resolve_directions,
+    select_directions,
+)
 from diagnostics.analysis._landscape_eval import (
     evaluate,
     filter_normalize,
@@ -20,11 +25,15 @@ from diagnostics.analysis._landscape_eval import (
     set_point,
 )
 from diagnostics.analysis._landscape_result import Landscape
-from diagnostics.analysis.spectrum import CURVATURES, Spectrum
-from lanczos_optim import GGNOperator, HessianOperator
-from lanczos_optim._model_state import curvature_mode
-from lanczos_optim.flatten import unflatten_vector
-from lanczos_optim.operators._base import check_data
+from diagnostics.analysis.spectrum import Spectrum
+from lanczos_optim import (
+    CurvatureOperator,
+    check_curvature,
+    check_data,
+    curvature_mode,
+    curvature_operator,
+    unflatten_vector,
+)
 
 __all__ = ["Landscape", "build_loss_landscape", "select_directions"]
 
@@ -34,8 +43,8 @@ def _check_args(n_points: object, dist: object, curvature: object, plane: object
         raise ValueError(f"n_points must be an integer >= 2; got {n_points!r}.")
     if isinstance(dist, bool) or not isinstance(dist, (int, float)) or not 0 < dist < math.inf:
         raise ValueError(f"dist must be a finite number > 0; got {dist!r}.")
-    if curvature is not None and curvature not in CURVATURES:
-        raise ValueError(f"curvature must be None or one of {CURVATURES}; got {curvature!r}.")
+    if curvature is not None:
+        check_curvature(curvature)
     pair = (0, 1) if plane is True else plane
     if pair is not False and not (
         isinstance(pair, (tuple, list))
@@ -132,8 +141,9 @@ def build_loss_landscape(
         Nets*, 2018, https://arxiv.org/abs/1712.09913.
     """
     n_points, dist, pair = _check_args(n_points, dist, curvature, plane)
-    op_cls = GGNOperator if curvature == "ggn" else HessianOperator
-    op = op_cls(model, loss_fn, train_data, params=params, bn_mode=bn_mode)
+    op = curvature_operator(
+        curvature or "hessian", model, loss_fn, train_data, params=params, bn_mode=bn_mode
+    )
     test = None if test_data is None else check_data(test_data)
     dirs = resolve_directions(directions, indices, labels, op.shape[0], op.dtype, op.device)
     k = len(dirs.vectors)
@@ -146,37 +156,106 @@ def build_loss_landscape(
     t = np.linspace(-dist, dist, n_points)
     start = time.perf_counter()
     with preserved_state(model):
-        loss0, grad = op.loss_and_gradient()
-        basis = torch.stack(vectors, dim=1)
-        slope = (grad @ basis).double().cpu().numpy()
-        if use_ritz:
-            curv, cross = dirs.ritz_values.copy(), 0.0
-        else:
-            cv = op.matmat(basis)
-            curv = (basis * cv).sum(dim=0).double().cpu().numpy()
-            cross = 0.0 if pair is None else float(basis[:, pair[0]] @ cv[:, pair[1]])
-        origin = [p.detach().clone() for p in op.params]
-        pieces = [unflatten_vector(v, op.params) for v in vectors]
-
-        counts = [0, 0]
+        model_terms = _quadratic_terms(op, vectors, dirs.ritz_values if use_ritz else None, pair)
+        walk = _Walk(model, loss_fn, op, test, vectors, progress)
         total = k * n_points + (0 if pair is None else n_points**2)
-        bar = progress_bar(total, "landscape", enabled=progress, unit="point")
-
-        def at(steps: list[tuple[float, list[Tensor]]]) -> tuple[float, float, float, float]:
-            set_point(op.params, origin, steps)
-            bar.update()
-            loss, acc, counts[0] = evaluate(model, loss_fn, op.data, op.dtype, op.device)
-            if test is None:
-                return loss, acc, math.nan, math.nan
-            test_loss, test_acc, counts[1] = evaluate(model, loss_fn, test, op.dtype, op.device)
-            return loss, acc, test_loss, test_acc
-
-        with bar, curvature_mode(model, bn_mode):
-            lines = np.array([[at([(s, pieces[i])]) for s in t] for i in range(k)])
+        with walk.bar(total), curvature_mode(model, bn_mode):
+            lines = np.array([[walk.at([(s, i)]) for s in t] for i in range(k)])
             grid = None
             if pair is not None:
                 i, j = pair
-                grid = np.array([[at([(a, pieces[i]), (b, pieces[j])]) for b in t] for a in t])
+                grid = np.array([[walk.at([(a, i), (b, j)]) for b in t] for a in t])
+    arrays = _arrays(t, dirs, vectors, model_terms, lines, grid, pair)
+    meta = {
+        "dist": dist,
+        "n_points": n_points,
+        "bn_mode": bn_mode,
+        "curvature_source": "ritz" if use_ritz else (curvature or "hessian"),
+        "filter_normalize": bool(filter_normalize),
+        "plane": None if pair is None else list(pair),
+        "plane_cross_curvature": model_terms[3],
+        "num_params": op.shape[0],
+        "num_train_samples": walk.counts[0],
+        "num_test_samples": walk.counts[1],
+        "spectrum": directions.meta if isinstance(directions, Spectrum) else None,
+        "wall_time_s": time.perf_counter() - start,
+        "versions": {"torch": torch.__version__, "lanczos_optim": lanczos_optim.__version__},
+    }
+    return Landscape(arrays, meta)
+
+
+def _quadratic_terms(
+    op: CurvatureOperator,
+    vectors: list[Tensor],
+    ritz_values: np.ndarray | None,
+    pair: tuple[int, int] | None,
+) -> tuple[float, np.ndarray, np.ndarray, float]:
+    r"""The quadratic model's terms along the directions :math:`v_i`.
+
+    Returns the loss :math:`L_0`, the slopes :math:`g^\top v_i`, the curvatures
+    :math:`v_i^\top C v_i` (the Ritz values when given) and the plane's cross term
+    :math:`v_i^\top C v_j` (0 with Ritz values or without a plane).
+    """
+    loss0, grad = op.loss_and_gradient()
+    basis = torch.stack(vectors, dim=1)
+    slope = (grad @ basis).double().cpu().numpy()
+    if ritz_values is not None:
+        return loss0, slope, ritz_values.copy(), 0.0
+    cv = op.matmat(basis)
+    curv = (basis * cv).sum(dim=0).double().cpu().numpy()
+    cross = 0.0 if pair is None else float(basis[:, pair[0]] @ cv[:, pair[1]])
+    return loss0, slope, curv, cross
+
+
+class _Walk:
+    r"""Evaluations at :math:`w + \sum_i t_i v_i`: loss and accuracy on train (and test) data."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        op: CurvatureOperator,
+        test: object | None,
+        vectors: list[Tensor],
+        progress: bool,
+    ) -> None:
+        self.model, self.loss_fn, self.op, self.test = model, loss_fn, op, test
+        self.origin = [p.detach().clone() for p in op.params]
+        self.pieces = [unflatten_vector(v, op.params) for v in vectors]
+        self.counts = [0, 0]
+        self._progress = progress
+        self._bar: Any = None
+
+    def bar(self, total: int) -> Any:
+        """The progress bar of ``total`` points (a context manager)."""
+        self._bar = progress_bar(total, "landscape", enabled=self._progress, unit="point")
+        return self._bar
+
+    def at(self, steps: list[tuple[float, int]]) -> tuple[float, float, float, float]:
+        """Train loss, accuracy, test loss, accuracy at the steps ``(t, direction index)``."""
+        op = self.op
+        set_point(op.params, self.origin, [(t, self.pieces[i]) for t, i in steps])
+        self._bar.update()
+        loss, acc, self.counts[0] = evaluate(self.model, self.loss_fn, op.data, op.dtype, op.device)
+        if self.test is None:
+            return loss, acc, math.nan, math.nan
+        test_loss, test_acc, self.counts[1] = evaluate(
+            self.model, self.loss_fn, self.test, op.dtype, op.device
+        )
+        return loss, acc, test_loss, test_acc
+
+
+def _arrays(
+    t: np.ndarray,
+    dirs: Directions,
+    vectors: list[Tensor],
+    model_terms: tuple[float, np.ndarray, np.ndarray, float],
+    lines: np.ndarray,
+    grid: np.ndarray | None,
+    pair: tuple[int, int] | None,
+) -> dict[str, np.ndarray]:
+    """The landscape's arrays: the lines, their quadratic model, and the plane if evaluated."""
+    loss0, slope, curv, cross = model_terms
     arrays = {
         "t": t,
         "labels": np.array(dirs.labels, dtype=str),
@@ -192,29 +271,14 @@ def build_loss_landscape(
         "direction_index": dirs.indices.astype(np.float64),
         "direction_norm": np.array([float(torch.linalg.vector_norm(v)) for v in vectors]),
     }
-    if grid is not None:
+    if grid is not None and pair is not None:
         i, j = pair
         a, b = t[:, None], t[None, :]
         second = a**2 * curv[i] + 2 * a * b * cross + b**2 * curv[j]
         arrays["plane_quadratic"] = loss0 + a * slope[i] + b * slope[j] + 0.5 * second
         for c, name in enumerate(("train_loss", "train_acc", "test_loss", "test_acc")):
             arrays[f"plane_{name}"] = grid[..., c]
-    meta = {
-        "dist": dist,
-        "n_points": n_points,
-        "bn_mode": bn_mode,
-        "curvature_source": "ritz" if use_ritz else (curvature or "hessian"),
-        "filter_normalize": bool(filter_normalize),
-        "plane": None if pair is None else list(pair),
-        "plane_cross_curvature": cross,
-        "num_params": op.shape[0],
-        "num_train_samples": counts[0],
-        "num_test_samples": counts[1],
-        "spectrum": directions.meta if isinstance(directions, Spectrum) else None,
-        "wall_time_s": time.perf_counter() - start,
-        "versions": {"torch": torch.__version__, "lanczos_optim": lanczos_optim.__version__},
-    }
-    return Landscape(arrays, meta)
+    return arrays
 
 
 def _filter_normalized(v: Tensor, params: Sequence[Tensor], i: int) -> Tensor:

@@ -15,11 +15,19 @@ import lanczos_optim
 from diagnostics._progress import progress_bar
 from diagnostics.analysis._spectrum_summary import SpectrumSummaries
 from diagnostics.results import load_npz, parameter_hash, save_npz
-from lanczos_optim import GGNOperator, HessianOperator, LanczosResult, lanczos
+from lanczos_optim import (
+    CURVATURES,
+    NUM_PROBES,
+    SPECTRUM_LANCZOS_STEPS,
+    LanczosResult,
+    check_lanczos_steps,
+    check_num_probes,
+    curvature_operator,
+    spectral_density,
+)
 
 __all__ = ["CURVATURES", "Spectrum", "compute_eigenspectrum"]
 
-CURVATURES = ("hessian", "ggn")
 _KIND = "spectrum"
 _VERSION = 1
 _FLOAT_KEYS = ("ritz_values", "weights", "residuals", "alpha", "beta", "probe_residual_norm")
@@ -199,15 +207,29 @@ class Spectrum(SpectrumSummaries):
             raise ValueError(f"{str(path)!r}: {exc}") from exc
 
 
-def _advance(bar: Any, start: int) -> Callable[[int], None]:
-    """Lanczos callback moving ``bar`` to ``start + step``."""
-    return lambda step: bar.update(start + step - bar.n)
+def _probe_progress(bar: Any, steps: int) -> Callable[[int], None]:
+    """Lanczos callback moving ``bar`` over the steps of all probes, one probe after another.
+
+    A probe's step 1 starts the next probe; a probe that stopped early counts as done then.
+    """
+    probe = [-1]
+
+    def advance(step: int) -> None:
+        if step == 1:
+            probe[0] += 1
+        bar.update(probe[0] * steps + step - bar.n)
+
+    return advance
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
-    return int(value)
+def _seeded_probes(seed: int, num_probes: int, dim: int) -> Tensor:
+    """``[P, d]`` float64 probes: the first ``d`` draws of ``randn(P)`` from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = [
+        torch.randn(dim, generator=gen, dtype=torch.float64, device="cpu")
+        for _ in range(num_probes)
+    ]
+    return torch.stack(draws, dim=1)
 
 
 def compute_eigenspectrum(
@@ -216,8 +238,8 @@ def compute_eigenspectrum(
     data: object,
     *,
     curvature: str = "hessian",
-    lanczos_steps: int = 100,
-    num_probes: int = 1,
+    lanczos_steps: int = SPECTRUM_LANCZOS_STEPS,
+    num_probes: int = NUM_PROBES,
     bn_mode: str = "eval",
     save_eigvec: bool = False,
     seed: int | None = None,
@@ -229,7 +251,8 @@ def compute_eigenspectrum(
     r"""Estimate the spectrum of the Hessian or GGN of a model's loss by Lanczos quadrature.
 
     Each of ``num_probes`` Gaussian probes runs ``lanczos_steps`` Lanczos steps with full
-    reorthogonalisation on the full-data curvature operator, whose products weight batch
+    reorthogonalisation (:func:`~lanczos_optim.spectral_density`) on the full-data curvature
+    operator, whose products weight batch
     :math:`b` by :math:`|b|/N`. The Ritz values and weights of all probes form the combined
     measure of :class:`Spectrum`. The model, its buffers and its gradients are left untouched.
 
@@ -238,7 +261,9 @@ def compute_eigenspectrum(
         loss_fn: ``loss_fn(outputs, targets)`` returning a scalar.
         data: One ``(inputs, targets)`` batch or a re-iterable of batches (list, DataLoader).
         curvature: ``"hessian"`` or ``"ggn"``.
-        lanczos_steps: Lanczos steps per probe, ``1 <= lanczos_steps <= P``.
+        lanczos_steps: Lanczos steps per probe, ``>= 1``; more than ``P`` are capped at ``P``
+            (exact: the Krylov space is then the whole space), and ``meta["lanczos_steps"]``
+            records the steps run.
         num_probes: Number of independent probes (the paper uses 1, section 8).
         bn_mode: ``"eval"`` (BatchNorm running statistics) or ``"train"`` (batch statistics).
         save_eigvec: Keep the Ritz vectors of the first probe (``[P, m]`` memory).
@@ -259,8 +284,8 @@ def compute_eigenspectrum(
         A :class:`Spectrum`.
 
     Raises:
-        ValueError: On an unknown ``curvature`` or ``bn_mode``, ``lanczos_steps`` outside
-            ``[1, P]``, ``num_probes < 1``, or empty ``data``.
+        ValueError: On an unknown ``curvature`` or ``bn_mode``, ``lanczos_steps`` or
+            ``num_probes`` not an int ``>= 1``, or empty ``data``.
         TypeError: On data that is not batches.
 
     Example:
@@ -273,38 +298,28 @@ def compute_eigenspectrum(
         >>> bool(abs(s.ritz_values - exact).max() < 1e-10)
         True
     """
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}; got {curvature!r}.")
-    steps = _check_int("lanczos_steps", lanczos_steps, 1)
-    probes = _check_int("num_probes", num_probes, 1)
+    check_lanczos_steps(lanczos_steps)
+    probes = check_num_probes(num_probes)
     seed_value = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
-    cls = HessianOperator if curvature == "hessian" else GGNOperator
-    op = cls(model, loss_fn, data, params=params, bn_mode=bn_mode, cache_graphs=cache_graphs)
-    dim = op.shape[0]
-    if steps > dim:
-        raise ValueError(
-            f"lanczos_steps={steps} exceeds the number of parameters P={dim}; use at most {dim}."
-        )
-    gen = torch.Generator().manual_seed(seed_value)
+    op = curvature_operator(
+        curvature, model, loss_fn, data, params=params, bn_mode=bn_mode, cache_graphs=cache_graphs
+    )
+    steps = check_lanczos_steps(lanczos_steps, op.shape[0])
     start = time.perf_counter()
-    results = []
-    desc = f"Lanczos ({curvature})"
-    with progress_bar(probes * steps, desc, enabled=progress, unit="step") as bar:
-        for j in range(probes):
-            v0 = torch.randn(dim, generator=gen, dtype=torch.float64, device="cpu")
-            v0 = v0.to(op.device, op.dtype)
-            vectors = save_eigvec and j == 0
-            results.append(
-                lanczos(
-                    op,
-                    steps,
-                    v0=v0,
-                    tol=tol,
-                    compute_vectors=vectors,
-                    callback=_advance(bar, j * steps),
-                )
-            )
-            bar.update((j + 1) * steps - bar.n)  # a probe that stopped early counts as done
+    with progress_bar(
+        probes * steps, f"Lanczos ({curvature})", enabled=progress, unit="step"
+    ) as bar:
+        density = spectral_density(
+            op,
+            steps,
+            probes,
+            v0=_seeded_probes(seed_value, probes, op.shape[0]),
+            tol=tol,
+            compute_vectors=save_eigvec,
+            batch_probes=False,
+            callback=_probe_progress(bar, steps),
+        )
+        bar.update(probes * steps - bar.n)  # a last probe that stopped early counts as done
     wall = time.perf_counter() - start
     op.clear_cache()
     meta = {
@@ -319,4 +334,4 @@ def compute_eigenspectrum(
         "dtype": str(op.dtype).removeprefix("torch."),
         "param_hash": parameter_hash(model),
     }
-    return Spectrum.from_lanczos(results, num_params=dim, **meta)
+    return Spectrum.from_lanczos(density.per_probe, num_params=op.shape[0], **meta)

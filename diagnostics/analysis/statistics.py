@@ -17,20 +17,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from diagnostics._progress import progress_bar
-from lanczos_optim._graph_products import check_scalar_loss, ggn_product, hessian_product
-from lanczos_optim._loss_hessian import output_hessian_product
-from lanczos_optim._model_state import check_bn_mode, curvature_mode
-from lanczos_optim.flatten import flatten_tensors, unflatten_vector
-from lanczos_optim.operators._base import LossFn, check_data, iterate_batches, select_params
+from lanczos_optim import (
+    CURVATURES,
+    NUM_PROBES,
+    LossFn,
+    check_bn_mode,
+    check_curvature,
+    check_data,
+    check_num_probes,
+    check_scalar_loss,
+    curvature_mode,
+    flatten_tensors,
+    ggn_product,
+    hessian_product,
+    iterate_batches,
+    output_hessian_product,
+    select_params,
+    unflatten_vector,
+)
 
 __all__ = ["LossStatistics", "loss_statistics"]
-
-CURVATURES = ("hessian", "ggn")
 
 
 class _WeightedMoments:
@@ -144,13 +156,47 @@ def _curvature_products(
     return loss.detach(), flatten_tensors(grad), products
 
 
+class _Moments:
+    """Weighted moments over the batches of the loss, the gradient and each probe's products."""
+
+    def __init__(self, curvature: Sequence[str], num_probes: int) -> None:
+        self.loss, self.grad = _WeightedMoments(), _WeightedMoments()
+        self.curvature = {c: [_WeightedMoments() for _ in range(num_probes)] for c in curvature}
+        self.num_batches = 0
+
+    def add(self, batch: tuple[Tensor, Tensor, dict[str, list[Tensor]]], n: int) -> None:
+        """Add one batch's ``(loss, gradient, products)`` with weight ``n`` (its size)."""
+        loss, grad, prods = batch
+        self.loss.add(loss, n)
+        self.grad.add(grad, n)
+        for c, vecs in prods.items():
+            for acc, v in zip(self.curvature[c], vecs, strict=True):
+                acc.add(v, n)
+        self.num_batches += 1
+
+
+def _weight_norms(names: Sequence[str], params: Sequence[Tensor]) -> dict[str, Any]:
+    """Per-parameter and total L2 and max norms of the weights, in float64."""
+    with torch.no_grad():
+        flat = [p.detach().to(torch.float64).reshape(-1) for p in params]
+        pairs = list(zip(names, flat, strict=True))
+        l2 = {n: float(f.norm()) for n, f in pairs}
+        linf = {n: float(f.abs().max()) if f.numel() else 0.0 for n, f in pairs}
+    return {
+        "weight_l2": l2,
+        "weight_linf": linf,
+        "weight_l2_total": float(torch.cat(flat).norm()),
+        "weight_linf_total": max(linf.values()),
+    }
+
+
 def loss_statistics(
     model: nn.Module,
     loss_fn: LossFn,
     data: object,
     *,
     bn_mode: str = "eval",
-    num_probes: int = 1,
+    num_probes: int = NUM_PROBES,
     curvature: Sequence[str] = CURVATURES,
     seed: int | None = None,
     params: Iterable[Tensor] | None = None,
@@ -199,10 +245,8 @@ def loss_statistics(
     check_bn_mode(bn_mode)
     curvature = (curvature,) if isinstance(curvature, str) else tuple(curvature)
     for c in curvature:
-        if c not in CURVATURES:
-            raise ValueError(f"curvature must be a subset of {CURVATURES}; got {c!r}.")
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"num_probes must be a positive int; got {num_probes!r}.")
+        check_curvature(c)
+    num_probes = check_num_probes(num_probes)
     if getattr(loss_fn, "reduction", "mean") == "sum":
         raise ValueError("loss_statistics compares batch-mean losses; got reduction='sum'.")
     data = check_data(data)
@@ -213,45 +257,28 @@ def loss_statistics(
     probes = torch.randn(num_probes, dim, generator=gen, dtype=torch.float64, device="cpu")
     probes /= probes.norm(dim=1, keepdim=True)
     probe_lists = [unflatten_vector(z.to(device, dtype), chosen) for z in probes]
-
-    loss_m, grad_m = _WeightedMoments(), _WeightedMoments()
-    curv_m = {c: [_WeightedMoments() for _ in range(num_probes)] for c in curvature}
-    num_batches = 0
     total = len(data) if hasattr(data, "__len__") else None
     bar = progress_bar(total, "statistics", enabled=progress, unit="batch")
     with bar, torch.enable_grad(), curvature_mode(model, bn_mode):
+        moments = _Moments(curvature, num_probes)
         for x, y, n in iterate_batches(data, device, dtype):
             bar.update()
-            loss, grad, prods = _curvature_products(
-                model, loss_fn, x, y, chosen, probe_lists, curvature
+            moments.add(
+                _curvature_products(model, loss_fn, x, y, chosen, probe_lists, curvature), n
             )
-            loss_m.add(loss, n)
-            grad_m.add(grad, n)
-            for c, vecs in prods.items():
-                for acc, v in zip(curv_m[c], vecs, strict=True):
-                    acc.add(v, n)
-            num_batches += 1
-    if num_batches == 0:
+    if moments.num_batches == 0:
         raise ValueError("data is empty: it yielded no samples.")
-
-    with torch.no_grad():
-        flat = [p.detach().to(torch.float64).reshape(-1) for p in chosen]
-        pairs = list(zip(names, flat, strict=True))
-        l2 = {n: float(f.norm()) for n, f in pairs}
-        linf = {n: float(f.abs().max()) if f.numel() else 0.0 for n, f in pairs}
     stats = LossStatistics(
-        num_samples=round(loss_m.weight),
-        num_batches=num_batches,
-        loss_mean=float(loss_m.mean),
-        loss_var=loss_m.variance(),
-        grad_mean_sq_norm=grad_m.mean_sq_norm(),
-        grad_var=grad_m.variance(),
-        weight_l2=l2,
-        weight_linf=linf,
-        weight_l2_total=float(torch.cat(flat).norm()),
-        weight_linf_total=max(linf.values()),
+        num_samples=round(moments.loss.weight),
+        num_batches=moments.num_batches,
+        loss_mean=float(moments.loss.mean),
+        loss_var=moments.loss.variance(),
+        grad_mean_sq_norm=moments.grad.mean_sq_norm(),
+        grad_var=moments.grad.variance(),
         probes=probes,
+        **_weight_norms(names, chosen),
     )
+    curv_m = moments.curvature
     for c, accs in curv_m.items():
         setattr(stats, f"{c}_mean_sq_norm", sum(a.mean_sq_norm() for a in accs) / num_probes)
         setattr(stats, f"{c}_var", sum(a.variance() for a in accs) / num_probes)

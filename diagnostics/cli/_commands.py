@@ -165,12 +165,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 def _check_choices(args: argparse.Namespace) -> None:
     """Cheap argument checks, before anything is loaded or a file is claimed."""
-    from diagnostics.analysis.spectrum import CURVATURES
-    from lanczos_optim._model_state import check_bn_mode
+    from lanczos_optim import check_bn_mode, check_curvature
 
-    curvature = getattr(args, "curvature", "hessian")
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}; got {curvature!r}.")
+    check_curvature(getattr(args, "curvature", "hessian"))
     check_bn_mode(args.bn_mode)
 
 

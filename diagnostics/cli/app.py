@@ -14,9 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from diagnostics.cli import _commands as commands
+from lanczos_optim.validation import CURVATURES, NUM_PROBES
 
 __all__ = ["build_parser", "main"]
 
+#: Default ``--steps`` of ``lanczos-optim spectrum``: quicker than the library's
+#: :data:`~lanczos_optim.SPECTRUM_LANCZOS_STEPS` for a first look from the command line.
+SPECTRUM_COMMAND_LANCZOS_STEPS = 50
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
@@ -173,9 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _analysis_args(p)
     _plot_args(p)
-    p.add_argument("--curvature", default="hessian", help="hessian or ggn")
-    p.add_argument("--steps", type=int, default=50, help="Lanczos steps")
-    p.add_argument("--probes", type=int, default=1, help="random probes")
+    p.add_argument("--curvature", default="hessian", help=" or ".join(CURVATURES))
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=SPECTRUM_COMMAND_LANCZOS_STEPS,
+        help="Lanczos steps (capped at P)",
+    )
+    p.add_argument("--probes", type=int, default=NUM_PROBES, help="random probes")
     p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
     p.add_argument("--save-eigvec", action="store_true", help="keep Ritz vectors (landscape)")
     p.add_argument(
@@ -187,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="loss, gradient and curvature variance statistics", **analysis)
     _analysis_args(p)
     p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
-    p.add_argument("--probes", type=int, default=1, help="random unit probes")
+    p.add_argument("--probes", type=int, default=NUM_PROBES, help="random unit probes")
 
     p = sub.add_parser("landscape", help="loss along Ritz vectors of a saved spectrum", **analysis)
     _analysis_args(p)

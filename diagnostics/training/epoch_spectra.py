@@ -30,11 +30,36 @@ import torch
 from torch import nn
 
 from diagnostics.training._loop import Callback
+from lanczos_optim import check_bn_mode, check_curvature, check_lanczos_steps
 
-__all__ = ["SPECTRA_FOLDER", "EpochSpectra", "epoch_spectrum", "spectrum_filename"]
+__all__ = [
+    "EPOCH_SPECTRUM_LANCZOS_STEPS",
+    "SPECTRA_FOLDER",
+    "EpochSpectra",
+    "check_spectrum_settings",
+    "epoch_spectrum",
+    "spectrum_filename",
+]
 
 #: Sub-folder of the output folder that holds the spectra.
 SPECTRA_FOLDER = "spectra"
+#: Default Lanczos steps of the spectra taken during training (EpochSpectra, WandbLogger).
+EPOCH_SPECTRUM_LANCZOS_STEPS = 30
+
+
+def check_spectrum_settings(
+    curvature: str, lanczos_steps: int, bn_mode: str
+) -> tuple[str, int, str]:
+    """Validate a training callback's spectrum settings when it is built, not at its first spectrum.
+
+    Returns ``(curvature, lanczos_steps, bn_mode)``; raises the
+    :mod:`lanczos_optim.validation` errors (steps above ``P`` are capped when the spectrum runs).
+
+    Example:
+        >>> check_spectrum_settings("ggn", 12, "train")
+        ('ggn', 12, 'train')
+    """
+    return check_curvature(curvature), check_lanczos_steps(lanczos_steps), check_bn_mode(bn_mode)
 
 
 def spectrum_filename(epoch: int) -> str:
@@ -90,7 +115,7 @@ class EpochSpectra(Callback):
         logger: A :class:`~diagnostics.wandb_logger.WandbLogger` to log them to (optional).
         loss_fn: Loss (default: cross-entropy).
         curvature: ``"hessian"`` or ``"ggn"``.
-        lanczos_steps: Lanczos steps.
+        lanczos_steps: Lanczos steps (capped at the parameter count).
         bn_mode: BatchNorm policy of the products.
 
     Attributes:
@@ -98,7 +123,8 @@ class EpochSpectra(Callback):
         spectra: ``{epoch: Spectrum}`` when ``folder`` is ``None`` (else empty, to save memory).
 
     Raises:
-        ValueError: ``every`` not an int >= 1.
+        ValueError: ``every`` not an int >= 1, or a bad ``curvature``, ``lanczos_steps`` or
+            ``bn_mode`` (checked here, before training starts).
     """
 
     def __init__(
@@ -110,15 +136,16 @@ class EpochSpectra(Callback):
         logger: Any = None,
         loss_fn: Callable[..., torch.Tensor] | None = None,
         curvature: str = "hessian",
-        lanczos_steps: int = 30,
+        lanczos_steps: int = EPOCH_SPECTRUM_LANCZOS_STEPS,
         bn_mode: str = "eval",
     ) -> None:
+        settings = check_spectrum_settings(curvature, lanczos_steps, bn_mode)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"spectrum every must be an int >= 1 (epochs); got {every!r}.")
         self.folder = Path(folder) / SPECTRA_FOLDER if folder is not None else None
         self.every, self.data, self.logger = every, data, logger
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
-        self.curvature, self.lanczos_steps, self.bn_mode = curvature, lanczos_steps, bn_mode
+        self.curvature, self.lanczos_steps, self.bn_mode = settings
         self.saved: list[Path] = []
         self.spectra: dict[int, Any] = {}
         self.provenance: dict[str, Any] = {}

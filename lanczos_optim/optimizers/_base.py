@@ -21,11 +21,10 @@ from lanczos_optim.optimizers._closure_curvature import (
     _world_size,
 )
 from lanczos_optim.optimizers.step_info import StepInfo
+from lanczos_optim.validation import CURVATURES, check_curvature, check_lanczos_steps
 
 __all__ = ["CURVATURES", "KRYLOV_STARTS", "StepInfo"]
 
-#: Curvature matrices the optimisers can use.
-CURVATURES = ("ggn", "hessian")
 #: Start vectors of the per-step Lanczos run.
 KRYLOV_STARTS = ("gradient", "random")
 
@@ -62,11 +61,8 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
         raise ValueError(f"Invalid learning rate: {lr}")
     if not _is_number(damping) or damping <= 0.0:
         raise ValueError(f"Invalid damping value: {damping} (must be > 0)")
-    steps = hp["lanczos_steps"]
-    if not _is_int(steps) or steps < 1:
-        raise ValueError(f"Invalid lanczos_steps value: {steps} (must be an int >= 1)")
-    if hp["curvature"] not in CURVATURES:
-        raise ValueError(f"Invalid curvature: {hp['curvature']!r}; expected one of {CURVATURES}")
+    check_lanczos_steps(hp["lanczos_steps"])  # capped at P in krylov_solve
+    check_curvature(hp["curvature"])
     wd = hp["weight_decay"]
     if not _is_number(wd) or wd < 0.0:
         raise ValueError(f"Invalid weight_decay value: {wd}")

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from lanczos_optim.optimizers._base import _LanczosNewtonBase
+from lanczos_optim.validation import OPTIMIZER_LANCZOS_STEPS
 
 __all__ = ["LanczosSaddleFreeNewton"]
 
@@ -111,7 +112,7 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 0.1,
         damping: float = 1.0,
-        lanczos_steps: int = 20,
+        lanczos_steps: int = OPTIMIZER_LANCZOS_STEPS,
         curvature: str = "hessian",
         weight_decay: float = 0.0,
         momentum: float = 0.0,

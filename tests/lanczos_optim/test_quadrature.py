@@ -353,13 +353,14 @@ def _diag(p: int = 5) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"num_probes": 0}, ValueError, "num_probes must be a positive int; got 0"),
-        ({"num_probes": -2}, ValueError, "got -2"),
-        ({"num_probes": 2.0}, ValueError, "got 2.0"),
-        ({"num_probes": True}, ValueError, "got True"),
+        ({"num_probes": 0}, ValueError, r"Invalid num_probes value: 0 \(must be an int >= 1\)"),
+        ({"num_probes": -2}, ValueError, "num_probes value: -2"),
+        ({"num_probes": 2.0}, ValueError, "num_probes value: 2.0"),
+        ({"num_probes": True}, ValueError, "num_probes value: True"),
         ({"probe": "uniform"}, ValueError, "probe must be one of.*'rademacher'.*got 'uniform'"),
-        ({"num_steps": 0, "num_probes": 1}, ValueError, r"\[1, 5\].*got 0"),
-        ({"num_steps": 6, "num_probes": 1}, ValueError, r"\[1, 5\].*got 6"),
+        ({"num_steps": 0, "num_probes": 1}, ValueError, "Invalid num_steps value: 0"),
+        ({"v0": torch.ones(5, 1, dtype=F64)}, ValueError, r"v0 .*\(5, 2\); got \(5, 1\)"),
+        ({"tol": 1e-6, "batch_probes": True}, ValueError, "batch_probes=True cannot"),
         ({"operator": torch.ones(2, 3, dtype=F64)}, ValueError, r"\(2, 3\)"),
         ({"operator": lambda v: v}, ValueError, "dim="),
     ],
@@ -373,10 +374,9 @@ def test_bad_input_raises_and_names_the_value(kwargs, exc, match):
 @pytest.mark.parametrize(
     ("num_steps", "exc", "match"),
     [
-        (0, ValueError, "got 0"),
-        (-1, ValueError, "got -1"),
-        (6, ValueError, "got 6"),
-        (2.5, TypeError, "got 2.5"),
+        (0, ValueError, "num_steps value: 0"),
+        (-1, ValueError, "num_steps value: -1"),
+        (2.5, ValueError, "num_steps value: 2.5"),
     ],
 )
 def test_lock_step_path_validates_num_steps(num_steps, exc, match):
@@ -417,3 +417,39 @@ def test_dense_operator_with_nan_is_refused_up_front():
     a[0, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         spectral_density(a, 3, 2, generator=_gen(0))
+
+
+def _random_spd(p: int = 30, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=F64))
+    eig = torch.cat([torch.linspace(-1.0, 1.0, p - 1, dtype=F64), torch.tensor([10.0], dtype=F64)])
+    return q @ torch.diag(eig) @ q.T  # an outlier at 10: the largest Ritz value converges fast
+
+
+def test_given_start_vectors_tol_and_vectors_match_lanczos_probe_by_probe():
+    """v0, tol and compute_vectors give exactly the per-probe lanczos runs (one spectrum path)."""
+    a = _random_spd()
+    v0 = torch.randn(30, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    sd = spectral_density(a, 25, 3, v0=v0, tol=1e-10, stop_on="largest", compute_vectors=True)
+    for j, r in enumerate(sd.per_probe):
+        ref = lanczos(a, 25, v0=v0[:, j], tol=1e-10, stop_on="largest", compute_vectors=j == 0)
+        assert r.num_steps == ref.num_steps < 25  # tol stopped early
+        assert torch.equal(r.alpha, ref.alpha)
+        assert torch.equal(r.beta, ref.beta)
+        assert (r.ritz_vectors is None) == (j > 0)
+    assert torch.equal(sd.ritz_vectors, sd.per_probe[0].ritz_vectors)
+    u, theta = sd.ritz_vectors, sd.per_probe[0].ritz_values
+    top = int(theta.argmax())  # the converged largest Ritz pair is an eigenpair of A
+    assert float(torch.linalg.vector_norm(a @ u[:, top] - theta[top] * u[:, top])) < 1e-6
+    torch.testing.assert_close(theta[top], torch.linalg.eigvalsh(a)[-1], rtol=0, atol=1e-8)
+
+
+def test_steps_above_the_dimension_are_capped_at_the_exact_spectrum():
+    a = _random_spd(p=6)
+    g = torch.Generator().manual_seed(0)
+    sd = spectral_density(a, 50, 2, generator=g)
+    assert [r.num_steps for r in sd.per_probe] == [6, 6]
+    exact = torch.linalg.eigvalsh(a)
+    for r in sd.per_probe:
+        torch.testing.assert_close(r.ritz_values, exact, rtol=0, atol=1e-10)
+    assert sd.ritz_vectors is None

@@ -285,7 +285,7 @@ BAD = [
     ({"dist": 0.0}, ValueError, r"dist must be a finite number > 0; got 0\.0"),
     ({"dist": -1}, ValueError, r"dist must be a finite number > 0; got -1"),
     ({"dist": float("inf")}, ValueError, r"dist must be a finite number > 0; got inf"),
-    ({"curvature": "fisher"}, ValueError, r"curvature must be None or one of .*'fisher'"),
+    ({"curvature": "fisher"}, ValueError, r"Invalid curvature: 'fisher'"),
     ({"bn_mode": "frozen"}, ValueError, r"bn_mode must be one of .*'frozen'"),
     ({"directions": [torch.ones(30).double()]}, ValueError, r"shape \(31,\) .*got \(30,\)"),
     ({"directions": []}, ValueError, "directions is empty"),

@@ -50,3 +50,36 @@ def test_in_memory_without_a_folder_and_bad_interval() -> None:
     assert not spectra.saved
     with pytest.raises(ValueError, match=r"spectrum every must be an int >= 1 \(epochs\); got 0"):
         EpochSpectra(None, 0, [])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"curvature": "fisher"}, r"Invalid curvature: 'fisher'; expected one of"),
+        ({"lanczos_steps": 0}, r"Invalid lanczos_steps value: 0 \(must be an int >= 1\)"),
+        ({"lanczos_steps": 2.5}, r"Invalid lanczos_steps value: 2\.5"),
+        ({"bn_mode": "frozen"}, r"bn_mode must be one of .*'frozen'"),
+    ],
+)
+@pytest.mark.parametrize("callback", ["EpochSpectra", "WandbLogger"])
+def test_spectrum_settings_are_checked_when_the_callback_is_built(
+    callback: str, kwargs: dict, match: str, tmp_path: Path, monkeypatch
+) -> None:
+    """Not only when the first spectrum epoch ends, with the library's one message per choice."""
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    build = {
+        "EpochSpectra": lambda: EpochSpectra(None, 1, [], **kwargs),
+        "WandbLogger": lambda: WandbLogger(mode="disabled", **kwargs),
+    }[callback]
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_callbacks_share_one_default_number_of_lanczos_steps(tmp_path: Path, monkeypatch) -> None:
+    from diagnostics.training.epoch_spectra import EPOCH_SPECTRUM_LANCZOS_STEPS
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(mode="disabled")
+    assert EpochSpectra(None, 1, []).lanczos_steps == EPOCH_SPECTRUM_LANCZOS_STEPS == 30
+    assert logger.lanczos_steps == EPOCH_SPECTRUM_LANCZOS_STEPS
+    logger.finish()
