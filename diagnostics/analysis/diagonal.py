@@ -247,6 +247,7 @@ def diagonal_approximations(
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 1)).double()
         >>> x, y = torch.randn(8, 3).double(), torch.randn(8, 1).double()
         >>> d = diagonal_approximations(model, torch.nn.MSELoss(), (x, y), ["diag_hessian"])

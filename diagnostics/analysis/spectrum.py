@@ -265,6 +265,7 @@ def compute_eigenspectrum(
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Linear(3, 1, bias=False).double()
         >>> x = torch.randn(16, 3, dtype=torch.float64)
         >>> y = torch.randn(16, 1, dtype=torch.float64)

@@ -190,6 +190,7 @@ def loss_statistics(
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Linear(3, 1).double()
         >>> x, y = torch.randn(10, 3).double(), torch.randn(10, 1).double()
         >>> stats = loss_statistics(model, torch.nn.MSELoss(), [(x[:5], y[:5]), (x[5:], y[5:])])

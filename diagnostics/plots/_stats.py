@@ -48,7 +48,7 @@ def plot_statistics(
 
     Example:
         >>> fig = plot_statistics({"loss_mean": 2.0, "loss_var": 0.1})
-        >>> [round(b.get_width(), 3) for b in fig.axes[0].patches]
+        >>> [float(round(b.get_width(), 3)) for b in fig.axes[0].patches]
         [4.0, 0.1]
     """
     target = check_path(path)

@@ -8,6 +8,7 @@ whether or not W&B is used.
 
 Example:
     >>> import tempfile, torch
+    >>> _ = torch.manual_seed(0)
     >>> from diagnostics.training.harness import train_network
     >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
     >>> data = torch.utils.data.TensorDataset(x, y)

@@ -15,6 +15,7 @@ Two step protocols exist:
 
 Example:
     >>> import torch
+    >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(4, 3)
     >>> opt = build_optimizer("lanczos_newton", model.parameters(), lanczos_steps=3)
     >>> differentiates_itself(opt)

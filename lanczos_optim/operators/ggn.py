@@ -53,6 +53,7 @@ class GGNOperator(CurvatureOperator):
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Linear(3, 2).double()
         >>> x = torch.randn(8, 3, dtype=torch.float64)
         >>> y = torch.randn(8, 2, dtype=torch.float64)
