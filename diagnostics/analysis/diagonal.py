@@ -33,7 +33,15 @@ _NOTES = {"SumModule": "a residual addition", "ScaleModule": "a scalar multiplic
 
 
 class UnsupportedModelError(ValueError):
-    """BackPACK cannot compute a diagonal of this model; ``offending`` lists what it refuses."""
+    """BackPACK cannot compute a diagonal of this model; ``offending`` lists what it refuses.
+
+    Example:
+        >>> err = UnsupportedModelError("diag_ggn_exact", ["Dropout"])
+        >>> isinstance(err, ValueError), err.offending
+        (True, ['Dropout'])
+        >>> "fallback='hutchinson'" in str(err)
+        True
+    """
 
     def __init__(self, kind: str, offending: Sequence[str], detail: str = "") -> None:
         self.kind, self.offending = kind, list(offending)

@@ -100,6 +100,18 @@ class EpochSpectra(Callback):
 
     Raises:
         ValueError: ``every`` not an int >= 1.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 2).double()
+        >>> batch = (torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 2, (16,)))
+        >>> spectra = EpochSpectra(None, 2, batch, lanczos_steps=4)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> for epoch in (1, 2, 3, 4):
+        ...     spectra.on_epoch_end(epoch, {"lr": 0.1}, model, opt)
+        >>> sorted(spectra.spectra)  # every second epoch
+        [2, 4]
     """
 
     def __init__(

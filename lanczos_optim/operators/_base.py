@@ -150,6 +150,19 @@ class CurvatureOperator:
             the loss, its Hessian and the returned products stay in the operator's dtype.
             The accuracy each setting reached is in the benchmark tables
             (``benchmarks/step_cost.py``).
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import HessianOperator
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1, bias=False).double()
+        >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+        >>> H = HessianOperator(model, torch.nn.MSELoss(), [(x[:5], y[:5]), (x[5:], y[5:])])
+        >>> isinstance(H, CurvatureOperator), tuple(H.shape)
+        (True, (3, 3))
+        >>> # batches of 5 and 3 samples, weighted by size: the Hessian of the mean over all 8
+        >>> bool(torch.allclose(H @ torch.eye(3, dtype=torch.float64), 2 * x.T @ x / 8))
+        True
     """
 
     def __init__(
