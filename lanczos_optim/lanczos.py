@@ -40,6 +40,14 @@ class LanczosResult:
         basis: ``[m, P]`` orthonormal Lanczos vectors, when asked for.
         eigvecs_T: Eigenvectors :math:`S` of :math:`T`, float64 ``[m, m]``.
         breakdown: True if the Krylov space became invariant (:math:`\beta \approx 0`).
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import lanczos
+        >>> A = torch.tensor([[2.0, 1, 0], [1, 2, 1], [0, 1, 2]], dtype=torch.float64)
+        >>> res = lanczos(A, 3, v0=torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+        >>> res.num_steps, bool(torch.allclose(res.ritz_values, torch.linalg.eigvalsh(A)))
+        (3, True)
     """
 
     alpha: Tensor

@@ -31,6 +31,14 @@ class SpectralDensity:
         weights: Matching weights, each probe's divided by :math:`d`; they sum to 1.
         per_probe: The :class:`LanczosResult` of each probe.
         dim: The operator's dimension :math:`P`.
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import spectral_density
+        >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+        >>> sd = spectral_density(A, 3, num_probes=2, generator=torch.Generator().manual_seed(0))
+        >>> sorted({round(x, 6) for x in sd.nodes.tolist()}), round(float(sd.weights.sum()), 6)
+        ([1.0, 2.0, 3.0], 1.0)
     """
 
     nodes: Tensor

@@ -43,6 +43,19 @@ class Landscape:
             ``"hessian"`` or ``"ggn"``), ``filter_normalize``, ``plane`` (``[i, j]`` or None),
             ``num_params``, ``num_train_samples``, ``num_test_samples``, ``spectrum``
             (the spectrum's metadata, if any), ``wall_time_s``, ``versions``.
+
+    Example:
+        >>> import torch
+        >>> from diagnostics.analysis import build_loss_landscape
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(2, 1).double()
+        >>> x, y = torch.randn(16, 2).double(), torch.randn(16, 1).double()
+        >>> v = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        >>> ls = build_loss_landscape(model, torch.nn.MSELoss(), (x, y), directions=[v], n_points=5)
+        >>> ls.train_loss.shape, float(ls.t[2])
+        ((1, 5), 0.0)
+        >>> bool(abs(ls.train_loss[0, 2] - ls.loss0) < 1e-12)  # t = 0 is the model itself
+        True
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

@@ -38,7 +38,15 @@ _NOTES = {"SumModule": "a residual addition", "ScaleModule": "a scalar multiplic
 
 
 class UnsupportedModelError(ValueError):
-    """BackPACK cannot compute a diagonal of this model; ``offending`` lists what it refuses."""
+    """BackPACK cannot compute a diagonal of this model; ``offending`` lists what it refuses.
+
+    Example:
+        >>> err = UnsupportedModelError("diag_ggn_exact", ["Dropout"])
+        >>> isinstance(err, ValueError), err.offending
+        (True, ['Dropout'])
+        >>> "fallback='hutchinson'" in str(err)
+        True
+    """
 
     def __init__(self, kind: str, offending: Sequence[str], detail: str = "") -> None:
         self.kind, self.offending = kind, list(offending)
@@ -285,6 +293,7 @@ def diagonal_approximations(
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 1)).double()
         >>> x, y = torch.randn(8, 3).double(), torch.randn(8, 1).double()
         >>> d = diagonal_approximations(model, torch.nn.MSELoss(), (x, y), ["diag_hessian"])

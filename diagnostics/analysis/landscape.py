@@ -128,6 +128,7 @@ def build_loss_landscape(
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Linear(2, 1).double()
         >>> x, y = torch.randn(32, 2).double(), torch.randn(32, 1).double()
         >>> v = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)

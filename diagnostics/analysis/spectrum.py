@@ -66,6 +66,17 @@ class Spectrum(SpectrumSummaries):
             ``param_hash`` (:func:`~diagnostics.results.provenance.parameter_hash` of the model),
             ``breakdown`` (per probe), ``versions`` (torch, numpy, lanczos_optim), and from
             the command line ``provenance`` (checkpoint, model, data set, subset, hashes).
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from lanczos_optim import lanczos
+        >>> A = torch.tensor([[2.0, 1, 0], [1, 2, 1], [0, 1, 2]], dtype=torch.float64)
+        >>> r = lanczos(A, 3, v0=torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "spectrum.npz"
+        >>> Spectrum.from_lanczos([r], num_params=3).save(path)
+        >>> s = Spectrum.load(path)
+        >>> bool(abs(s.ritz_values - torch.linalg.eigvalsh(A).numpy()).max() < 1e-12)
+        True
     """
 
     def __init__(
@@ -290,6 +301,7 @@ def compute_eigenspectrum(
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Linear(3, 1, bias=False).double()
         >>> x = torch.randn(16, 3, dtype=torch.float64)
         >>> y = torch.randn(16, 1, dtype=torch.float64)

@@ -93,6 +93,17 @@ class LossStatistics:
         weight_l2_total: L2 norm of all parameters together.
         weight_linf_total: Largest absolute entry of all parameters.
         probes: The ``[num_probes, P]`` unit probes (float64), for reproduction.
+
+    Example:
+        >>> import torch
+        >>> from diagnostics.analysis import loss_statistics
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(2, 1).double()
+        >>> x, y = torch.randn(6, 2).double(), torch.randn(6, 1).double()
+        >>> s = loss_statistics(model, torch.nn.MSELoss(), [(x[:3], y[:3]), (x[3:], y[3:])])
+        >>> loss = torch.nn.functional.mse_loss(model(x), y).item()
+        >>> s.num_samples, s.num_batches, abs(s.loss_mean - loss) < 1e-12
+        (6, 2, True)
     """
 
     num_samples: int
@@ -236,6 +247,7 @@ def loss_statistics(
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Linear(3, 1).double()
         >>> x, y = torch.randn(10, 3).double(), torch.randn(10, 1).double()
         >>> stats = loss_statistics(model, torch.nn.MSELoss(), [(x[:5], y[:5]), (x[5:], y[5:])])

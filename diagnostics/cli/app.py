@@ -154,7 +154,13 @@ def _plot_args(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``lanczos-optim`` command."""
+    """Return the argument parser of the ``lanczos-optim`` command.
+
+    Example:
+        >>> args = build_parser().parse_args(["demo", "--quick"])
+        >>> args.command, args.quick, args.out
+        ('demo', True, 'results/demo')
+    """
     parser = argparse.ArgumentParser(
         prog="lanczos-optim",
         description="Lanczos curvature of deep networks: train, spectra, statistics, "
@@ -258,7 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    Example:
+        >>> main(["plot", "no-such-result.npz"])  # a user error: one line on stderr, status 2
+        2
+    """
     args = build_parser().parse_args(argv)
     try:
         getattr(commands, f"run_{args.command}")(args)

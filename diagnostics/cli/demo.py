@@ -69,6 +69,13 @@ def run_demo(
 
     Returns:
         The numbers of the summary.
+
+    Example:
+        >>> import tempfile
+        >>> run_demo(tempfile.mkdtemp(), wandb_mode="bogus")  # checked before any training
+        Traceback (most recent call last):
+        ...
+        ValueError: wandb mode must be one of ...; got 'bogus'.
     """
     from diagnostics.analysis import (
         build_loss_landscape,

@@ -97,6 +97,20 @@ def plot_landscape(
     Returns:
         The figure. Each panel's lines carry the direction labels; the quadratic lines are
         labelled ``"_quadratic <label>"`` (hidden from the legend).
+
+    Example:
+        >>> import torch
+        >>> from diagnostics.analysis import build_loss_landscape
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(2, 1).double()
+        >>> x, y = torch.randn(16, 2).double(), torch.randn(16, 1).double()
+        >>> v = torch.eye(3, dtype=torch.float64)[:2]
+        >>> ls = build_loss_landscape(
+        ...     model, torch.nn.MSELoss(), (x, y), directions=list(v), n_points=5
+        ... )
+        >>> fig = plot_landscape(ls)
+        >>> len(fig.axes[0].lines) >= 2  # a curve per direction (and its quadratic model)
+        True
     """
     ls = _check_landscape(landscape)
     target = check_path(path)
@@ -159,6 +173,22 @@ def plot_landscape_2d(
     Raises:
         ValueError: If the landscape has no plane, ``which`` is unknown, or it asks for test
             values the landscape does not have.
+
+    Example:
+        >>> import torch
+        >>> from diagnostics.analysis import build_loss_landscape
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(2, 1).double()
+        >>> x, y = torch.randn(16, 2).double(), torch.randn(16, 1).double()
+        >>> v = list(torch.eye(3, dtype=torch.float64)[:2])
+        >>> ls = build_loss_landscape(
+        ...     model, torch.nn.MSELoss(), (x, y), directions=v, n_points=5, plane=True
+        ... )
+        >>> ls.plane_train_loss.shape
+        (5, 5)
+        >>> fig = plot_landscape_2d(ls)
+        >>> len(fig.axes) >= 1
+        True
     """
     ls = _check_landscape(landscape)
     target = check_path(path)

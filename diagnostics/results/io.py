@@ -158,6 +158,17 @@ def load_npz(
         ValueError: If the file is truncated or corrupt, not a lanczos-optim result file, of
             another kind or of another version; the message names the path and what was
             expected.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.npz"
+        >>> _ = save_npz(p, "spectrum", {"x": np.arange(3)}, {})
+        >>> load_npz(p, "spectrum")[0]["x"].tolist()
+        [0, 1, 2]
+        >>> load_npz(p, "landscape")
+        Traceback (most recent call last):
+        ...
+        ValueError: ...spectrum...
     """
     p = Path(path)
     expected = f"a {FORMAT_PREFIX + kind!r} result file (format_version {version})"

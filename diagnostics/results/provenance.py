@@ -100,6 +100,13 @@ def check_same_source(
 
     Raises:
         ValueError: One line naming the first field that differs, both values and the fix.
+
+    Example:
+        >>> check_same_source({"num_params": 10}, {"num_params": 10}, what="spectrum 'a.npz'")
+        >>> check_same_source({"num_params": 10}, {"num_params": 12}, what="spectrum 'a.npz'")
+        Traceback (most recent call last):
+        ...
+        ValueError: spectrum 'a.npz' was computed with parameter count 10 ...; this run has 12 ...
     """
     for key, label in _CHECKED.items():
         if key in recorded and key in current and recorded[key] != current[key]:

@@ -22,6 +22,14 @@ class TrainingInterrupted(KeyboardInterrupt):
         checkpoint: The checkpoint holding the progress (``None`` without an output folder).
         epochs_done: Completed epochs.
         batches_done: Batches of the next epoch already trained (0 at an epoch boundary).
+
+    Example:
+        >>> import signal
+        >>> err = TrainingInterrupted(
+        ...     "stopped", signum=signal.SIGTERM, checkpoint=None, epochs_done=2, batches_done=0
+        ... )
+        >>> err.signal_name, isinstance(err, KeyboardInterrupt), err.epochs_done
+        ('SIGTERM', True, 2)
     """
 
     def __init__(

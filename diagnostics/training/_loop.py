@@ -41,6 +41,24 @@ class TrainingStep:
             or ``None`` for optimisers without it.
         model: The network (in train mode).
         optimizer: The optimiser.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from diagnostics.training import train_network
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+        >>> data = TensorDataset(x, y)
+        >>> steps = []
+        >>> class Steps:  # any object with the hook works
+        ...     def on_step(self, step: TrainingStep):
+        ...         steps.append((step.epoch, step.step, step.batch, step.batch_size))
+        >>> _ = train_network(
+        ...     model=torch.nn.Linear(4, 3), dataset=data, epochs=1, batch_size=32, progress=False,
+        ...     callbacks=[Steps()],
+        ... )
+        >>> steps
+        [(1, 1, 0, 32), (1, 2, 1, 32)]
     """
 
     epoch: int
@@ -56,7 +74,28 @@ class TrainingStep:
 
 
 class Callback:
-    """Base class with no-op hooks; subclassing it is optional (any object with the hooks works)."""
+    """Base class with no-op hooks; subclassing it is optional (any object with the hooks works).
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from diagnostics.training import train_network
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+        >>> data = TensorDataset(x, y)
+        >>> class Epochs(Callback):
+        ...     def __init__(self):
+        ...         self.seen = []
+        ...     def on_epoch_end(self, epoch, metrics, model, optimizer):
+        ...         self.seen.append((epoch, metrics["epoch"]))
+        >>> cb = Epochs()
+        >>> _ = train_network(
+        ...     model=torch.nn.Linear(4, 3), dataset=data, epochs=2, batch_size=32, progress=False,
+        ...     callbacks=[cb],
+        ... )
+        >>> cb.seen
+        [(1, 1), (2, 2)]
+    """
 
     def on_train_start(self, config: dict[str, Any]) -> None:
         """Called once, after every argument is checked, with the run's resolved configuration.

@@ -177,6 +177,17 @@ def save_checkpoint(
     Raises:
         TypeError: Something that ``weights_only`` loading would refuse (nothing is written).
         FileNotFoundError: The folder does not exist.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> model = torch.nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint-00003.pt"
+        >>> _ = save_checkpoint(path, model=model, optimizer=opt, epoch=3)
+
+        >>> ckpt = read_checkpoint(path)
+        >>> ckpt["epoch"], bool(torch.equal(ckpt["model"]["weight"], model.weight))
+        (3, True)
     """
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -210,6 +221,21 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: No such file.
         ValueError: Unreadable (corrupt, truncated, pickled objects) or not a lanczos-optim
             checkpoint of a known version.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> model = torch.nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint-00003.pt"
+        >>> _ = save_checkpoint(path, model=model, optimizer=opt, epoch=3)
+
+        >>> read_checkpoint(path)["epoch"]
+        3
+        >>> _ = path.with_name("junk.pt").write_bytes(b"not a checkpoint")
+        >>> read_checkpoint(path.with_name("junk.pt"))
+        Traceback (most recent call last):
+        ...
+        ValueError: ...
     """
     path = Path(path)
     if not path.is_file():
@@ -326,6 +352,19 @@ def load_checkpoint(
         FileNotFoundError: No such file.
         ValueError: Unreadable, not a checkpoint, or not matching the given objects; the
             message names every mismatch, and nothing was changed.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> model = torch.nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint-00003.pt"
+        >>> _ = save_checkpoint(path, model=model, optimizer=opt, epoch=3)
+
+        >>> fresh = torch.nn.Linear(2, 2)
+        >>> load_checkpoint(path, model=fresh)["epoch"]
+        3
+        >>> bool(torch.equal(fresh.weight, model.weight))
+        True
     """
     path = Path(path)
     ckpt = read_checkpoint(path)

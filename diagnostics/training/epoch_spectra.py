@@ -8,6 +8,7 @@ whether or not W&B is used.
 
 Example:
     >>> import tempfile, torch
+    >>> _ = torch.manual_seed(0)
     >>> from diagnostics.training.harness import train_network
     >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
     >>> data = torch.utils.data.TensorDataset(x, y)
@@ -125,6 +126,18 @@ class EpochSpectra(Callback):
     Raises:
         ValueError: ``every`` not an int >= 1, or a bad ``curvature``, ``lanczos_steps`` or
             ``bn_mode`` (checked here, before training starts).
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 2).double()
+        >>> batch = (torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 2, (16,)))
+        >>> spectra = EpochSpectra(None, 2, batch, lanczos_steps=4)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> for epoch in (1, 2, 3, 4):
+        ...     spectra.on_epoch_end(epoch, {"lr": 0.1}, model, opt)
+        >>> sorted(spectra.spectra)  # every second epoch
+        [2, 4]
     """
 
     def __init__(

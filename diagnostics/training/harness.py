@@ -135,6 +135,21 @@ class TrainResult:
             a test set), else ``None``.
         output_dir: The output folder, or ``None``.
         checkpoints: Checkpoints written by this run.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from diagnostics.training import train_network
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+        >>> data = TensorDataset(x, y)
+        >>> import tempfile
+        >>> res = train_network(
+        ...     model=torch.nn.Linear(4, 3), dataset=data, epochs=2, batch_size=32, progress=False,
+        ...     checkpoint_dir=tempfile.mkdtemp(),
+        ... )
+        >>> len(res.history), res.model.training, [p.name for p in res.checkpoints]
+        (2, False, ['checkpoint-00001.pt', 'checkpoint-00002.pt'])
     """
 
     model: nn.Module
@@ -239,6 +254,22 @@ def train_network(
         TypeError: A keyword argument the model, optimiser or schedule does not take.
         TrainingInterrupted: SIGINT or SIGTERM arrived; the progress was saved first (module
             docstring). A ``KeyboardInterrupt`` itself.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from diagnostics.training import train_network
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+        >>> data = TensorDataset(x, y)
+        >>> res = train_network(
+        ...     model=torch.nn.Linear(4, 3), dataset=data, epochs=3, batch_size=16, progress=False,
+        ...     optimizer="sgd", lr=0.1,
+        ... )
+        >>> [row["epoch"] for row in res.history]
+        [1, 2, 3]
+        >>> bool(res.history[-1]["train_loss"] < res.history[0]["train_loss"])
+        True
     """
     check_arguments(locals())
     opt_cls = resolve_optimizer(optimizer)

@@ -15,6 +15,7 @@ Two step protocols exist:
 
 Example:
     >>> import torch
+    >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(4, 3)
     >>> opt = build_optimizer("lanczos_newton", model.parameters(), lanczos_steps=3)
     >>> differentiates_itself(opt)
@@ -256,6 +257,20 @@ def train_step(
 
     Returns:
         ``(loss, outputs)`` of the first forward pass of the step (before the update), detached.
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import LanczosNewton
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(4, 3)
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> loss_fn = torch.nn.CrossEntropyLoss()
+        >>> sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> for opt in (sgd, LanczosNewton(model.parameters())):
+        ...     loss, outputs = train_step(model, opt, loss_fn, x, y)
+        ...     print(type(opt).__name__, tuple(outputs.shape), loss.requires_grad)
+        SGD (32, 3) False
+        LanczosNewton (32, 3) False
     """
     first: list[tuple[Tensor, Tensor]] = []
 

@@ -25,12 +25,14 @@ class GGNOperator(CurvatureOperator):
     autograd for any other loss. :math:`G` is positive semi-definite for convex losses.
 
     :math:`J v` comes from ``torch.func.jvp`` (forward mode) and :math:`J^\top u` from one
-    backward pass through the same forward: measured 1.5-2.1 gradient passes per product on a
-    small CNN, against 2.3-3.1 for the reverse-over-reverse trick rebuilt each time. BatchNorm
-    buffers are cloned inside the functional call so that batch-statistics mode works with
-    ``torch.func`` and never mutates the model. With ``cache_graphs`` (default for a single
-    batch) the forward graph is kept and :math:`J v` comes from the double-backward trick on it
-    (1.4-1.6 gradient passes; much cheaper than ``torch.func`` on small models). Models with an
+    backward pass through the same forward: 1.67 gradient passes per product on the CNN of
+    ``benchmarks/engine.py`` (CPU, one thread), against 2.93 for the reverse-over-reverse trick
+    rebuilt each time. BatchNorm buffers are cloned inside the functional call so that
+    batch-statistics mode works with ``torch.func`` and never mutates the model. With
+    ``cache_graphs`` (default for a single batch) the forward graph is kept and :math:`J v`
+    comes from the double-backward trick on it (1.55 gradient passes on that CNN; 1.4 against
+    3.6 rebuilt on the small MLP of ``benchmarks/peers.py``, where the per-call overhead of
+    ``torch.func`` dominates). Timings are in the benchmark tables. Models with an
     operation that has no forward-mode derivative (e.g. ``torch.sparse.mm``) use that trick
     throughout.
 
@@ -42,9 +44,16 @@ class GGNOperator(CurvatureOperator):
         bn_mode: ``"eval"`` or ``"train"`` BatchNorm statistics; buffers never change.
         distributed: Sum over ``torch.distributed`` ranks (default: when initialised).
         cache_graphs: Keep each batch's graph between products (default: for a single batch).
+        cache_check: How kept graphs are checked before each product: ``"fast"`` (default) or
+            ``"full"`` (also checksums of every parameter and listed data tensor); see
+            :class:`~lanczos_optim.CurvatureOperator`.
+        precision: Arithmetic of the products: ``"highest"`` (default), ``"tf32"`` or
+            ``"bf16"`` (forward under bfloat16 autocast); the products stay in the operator's
+            dtype.
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Linear(3, 2).double()
         >>> x = torch.randn(8, 3, dtype=torch.float64)
         >>> y = torch.randn(8, 2, dtype=torch.float64)

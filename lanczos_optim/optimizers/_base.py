@@ -6,7 +6,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -272,6 +272,11 @@ class _LanczosNewtonBase(Optimizer):
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         """Take one step; see the class docstring for the closure protocol.
 
+        The step runs in four phases: the closure (forward pass and protocol checks), the
+        gradient and the curvature basis (a fresh Lanczos run, or the cached Ritz pairs), the
+        direction (momentum, learning rate, ``max_step_norm``) and the bookkeeping, which
+        writes parameters, gradients and state only once nothing can fail any more.
+
         Args:
             closure: Re-evaluates the model under ``torch.enable_grad()`` and returns the loss
                 (attached to its graph) or ``(loss, outputs)``. Required.
@@ -283,38 +288,72 @@ class _LanczosNewtonBase(Optimizer):
             RuntimeError: Without a closure, or when the closure breaks the protocol, or on
                 sparse gradients.
         """
-        name = type(self).__name__
-        if closure is None:
-            raise RuntimeError(
-                f"{name}.step() requires a closure that runs the forward pass and returns the "
-                "loss (or (loss, outputs) for curvature='ggn'), e.g. optimizer.step(closure)."
-            )
         t_start = time.perf_counter()
         group = self.param_groups[0]
-        lr, damping = float(group["lr"]), float(group["damping"])
-        wd, momentum = float(group["weight_decay"]), float(group["momentum"])
+        hyper = _Hyper.of(group)
+        use_ggn = group["curvature"] == "ggn"
+        loss, outputs, t_closure = self._run_closure(closure, group["curvature"])
+        state = self._global_state()
+        info = StepInfo(
+            step=state["step"],
+            loss=float(_mean_over_ranks(loss.detach().reshape(1))),
+            lr=hyper.lr,
+            damping=hyper.damping,
+            closure_seconds=t_closure - t_start,
+        )
+        if not math.isfinite(info.loss):
+            return self._skip(state, info, "non-finite loss", loss)
+        index, direct = self._live_parameters(loss, outputs, use_ggn)
+        if not index:
+            info.reason = "no parameter received a gradient"
+            self.last_info = info
+            return loss.detach()
+        live = [self._params[i] for i in index]
+        refresh = _basis_due(state, index, int(group["update_every"]))
+        try:
+            grads, product = self._differentiate(loss, outputs, live, direct, refresh, use_ggn)
+            info.gradient_seconds = time.perf_counter() - t_closure
+            grads, flat_g = _mean_gradient(grads, live, hyper.weight_decay, info)
+            with torch.no_grad():
+                solve = self._solve(group, state, product, live, flat_g, refresh, hyper, info)
+                update, direction = self._direction(solve, live, group, hyper, info)
+                self._commit(state, live, grads, (update, direction), solve, index, refresh, hyper)
+        except _SkipStep as skip:
+            return self._skip(state, info, str(skip), loss)
+        info.step = state["step"]
+        _close_timings(info, t_start)
+        self.last_info = info
+        return loss.detach()
+
+    # ------------------------------------------------------------------ phase 1: the closure
+    def _run_closure(self, closure: Closure | None, curvature: str) -> tuple[Tensor, Any, float]:
+        """Run the closure in grad mode; return its loss, its outputs and when it ended.
+
+        Raises the protocol errors: no closure, a malformed return value, a ``backward()``
+        inside the closure.
+        """
+        if closure is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() requires a closure that runs the forward pass "
+                "and returns the loss (or (loss, outputs) for curvature='ggn'), e.g. "
+                "optimizer.step(closure)."
+            )
         candidates = [p for p in self._params if p.requires_grad]
         before = [(p.grad, p.grad._version if p.grad is not None else 0) for p in candidates]
         with torch.enable_grad():
             ret = closure()
         t_closure = time.perf_counter()
-        loss, outputs = self._parse(ret, group["curvature"])
+        loss, outputs = self._parse(ret, curvature)
         self._check_no_backward(candidates, before)
-        state = self._global_state()
-        world = _world_size()
-        loss_value = float(_mean_over_ranks(loss.detach().reshape(1)))
-        info = StepInfo(
-            step=state["step"],
-            loss=loss_value,
-            lr=lr,
-            damping=damping,
-            closure_seconds=t_closure - t_start,
-        )
-        if not math.isfinite(info.loss):
-            return self._skip(state, info, "non-finite loss", loss)
+        return loss, outputs, t_closure
 
-        # Parameters that received a gradient, found by reading (not running) the graph.
-        use_ggn = group["curvature"] == "ggn"
+    def _live_parameters(
+        self, loss: Tensor, outputs: Tensor | None, use_ggn: bool
+    ) -> tuple[list[int], set[int]]:
+        """Indices of the parameters that receive a gradient, and those the loss reaches directly.
+
+        Found by reading (not running) the graph; "directly" means not via the outputs.
+        """
         stop = outputs.grad_fn if use_ggn and outputs is not None else None
         direct, reached_outputs = _graph_leaves(loss.grad_fn, stop)
         via_outputs: set[int] = set()
@@ -326,20 +365,19 @@ class _LanczosNewtonBase(Optimizer):
             via_outputs = _graph_leaves(stop)[0] if stop is not None else {id(outputs)}
         reached = direct | via_outputs
         index = [i for i, p in enumerate(self._params) if p.requires_grad and id(p) in reached]
-        live = [self._params[i] for i in index]
-        if not live:
-            info.reason = "no parameter received a gradient"
-            self.last_info = info
-            return loss.detach()
+        return index, direct
 
-        every = int(group["update_every"])
-        cached = state.get("ritz_vectors")
-        refresh = (
-            every == 1
-            or cached is None
-            or state.get("basis_params") != index
-            or state.get("basis_age", 0) + 1 >= every
-        )
+    # ------------------------------------------------------------------ phase 2: the basis
+    def _differentiate(
+        self,
+        loss: Tensor,
+        outputs: Tensor | None,
+        live: list[Tensor],
+        direct: set[int],
+        refresh: bool,
+        use_ggn: bool,
+    ) -> tuple[list[Tensor], BatchedProduct | None]:
+        """The gradient of ``live``, and the curvature product when a fresh basis is due."""
         product: BatchedProduct | None = None
         try:
             with torch.enable_grad():
@@ -367,115 +405,212 @@ class _LanczosNewtonBase(Optimizer):
             raise
         if any(g.is_sparse for g in grads):
             raise RuntimeError(
-                f"{name} does not support sparse gradients (e.g. nn.Embedding(sparse=True)); "
-                "use dense gradients."
+                f"{type(self).__name__} does not support sparse gradients (e.g. "
+                "nn.Embedding(sparse=True)); use dense gradients."
             )
-        t_grad = time.perf_counter()
-        info.gradient_seconds = t_grad - t_closure
+        return grads, product
 
-        if world > 1:  # data-parallel: the mean gradient and curvature over all ranks' batches
-            grads = unflatten_vector(_mean_over_ranks(flatten_tensors(grads)), live)
-        with torch.no_grad():
-            flat_g = flatten_tensors(grads)
-            if wd != 0.0:
-                flat_g = flat_g + wd * flatten_tensors(live)
-            info.grad_norm = float(torch.linalg.vector_norm(flat_g))
-            if not math.isfinite(info.grad_norm):
-                return self._skip(state, info, "non-finite gradient", loss)
+    def _solve(
+        self,
+        group: dict[str, Any],
+        state: dict[str, Any],
+        product: BatchedProduct | None,
+        live: list[Tensor],
+        flat_g: Tensor,
+        refresh: bool,
+        hyper: _Hyper,
+        info: StepInfo,
+    ) -> _Solve:
+        """The damped Newton direction ``d`` in a fresh Lanczos basis or in the cached one."""
+        damping, wd = hyper.damping, hyper.weight_decay
+        if refresh:
+            if product is None:  # pragma: no cover - set by _differentiate whenever refresh
+                raise RuntimeError("internal error: no curvature product.")
+            curvature = _ClosureCurvature(product, live, wd, flat_g)
+            block = int(group["block_size"])
+            random = group["krylov_start"] == "random"
+            gen = self._generator(state, group["seed"]) if random or block > 1 else None
+            # Under torch.distributed the operator's sync_vector gives every rank rank 0's
+            # start (vector or block), so all ranks run the same recurrence.
+            try:
+                d, kinfo = krylov_solve(
+                    curvature,
+                    flat_g,
+                    int(group["lanczos_steps"]),
+                    damping,
+                    self._transform,
+                    v0="random" if random else None,
+                    generator=gen,
+                    return_info=True,
+                    block_size=block,
+                )
+            except FloatingPointError:
+                raise _SkipStep("non-finite curvature") from None
+            if not isinstance(kinfo, KrylovSolveInfo):  # pragma: no cover
+                raise RuntimeError("internal error: krylov_solve returned no info.")
+            info.num_products = kinfo.num_products
+            info.product_seconds = kinfo.product_seconds
+            solve = _Solve(d, kinfo, gen, 0)
+        else:
+            solve = self._cached_solve(state, damping, flat_g)
+        kinfo = solve.info
+        info.ritz_values, info.weights = kinfo.ritz_values, kinfo.weights
+        info.residuals, info.krylov_fraction = kinfo.residuals, kinfo.krylov_fraction
+        info.num_clipped, info.basis_age = kinfo.num_clipped, solve.basis_age
+        return solve
 
-            gen = None
-            if refresh:
-                if product is None:  # pragma: no cover - set above whenever refresh
-                    raise RuntimeError("internal error: no curvature product.")
+    def _cached_solve(self, state: dict[str, Any], damping: float, flat_g: Tensor) -> _Solve:
+        """The direction in the Ritz pairs cached by an earlier step (``update_every > 1``)."""
+        theta = _cpu64(state["ritz_values"])
+        d, kinfo = _solve_in_basis(theta, state["ritz_vectors"], damping, self._transform, flat_g)
+        kinfo.weights = _cpu64(state["ritz_weights"])
+        kinfo.residuals = _cpu64(state["ritz_residuals"])
+        if not bool(torch.isfinite(d).all()):
+            raise _SkipStep("non-finite curvature")
+        return _Solve(d, kinfo, None, state["basis_age"] + 1)
 
-                curvature = _ClosureCurvature(product, live, wd, flat_g)
-                block = int(group["block_size"])
-                random = group["krylov_start"] == "random"
-                gen = self._generator(state, group["seed"]) if random or block > 1 else None
-                # Under torch.distributed the operator's sync_vector gives every rank rank 0's
-                # start (vector or block), so all ranks run the same recurrence.
-                start = "random" if random else None
-                try:
-                    d, kinfo = krylov_solve(
-                        curvature,
-                        flat_g,
-                        int(group["lanczos_steps"]),
-                        damping,
-                        self._transform,
-                        v0=start,
-                        generator=gen,
-                        return_info=True,
-                        block_size=block,
-                    )
-                except FloatingPointError:
-                    return self._skip(state, info, "non-finite curvature", loss)
-                if not isinstance(kinfo, KrylovSolveInfo):  # pragma: no cover
-                    raise RuntimeError("internal error: krylov_solve returned no info.")
-                info.num_products = kinfo.num_products
-                info.product_seconds = kinfo.product_seconds
-                basis_age = 0
-            else:
-                theta = _cpu64(state["ritz_values"])
-                d, kinfo = _solve_in_basis(theta, cached, damping, self._transform, flat_g)
-                kinfo.weights = _cpu64(state["ritz_weights"])
-                kinfo.residuals = _cpu64(state["ritz_residuals"])
-                basis_age = state["basis_age"] + 1
-                if not bool(torch.isfinite(d).all()):
-                    return self._skip(state, info, "non-finite curvature", loss)
+    # ------------------------------------------------------------------ phase 3: the direction
+    def _direction(
+        self,
+        solve: _Solve,
+        live: list[Tensor],
+        group: dict[str, Any],
+        hyper: _Hyper,
+        info: StepInfo,
+    ) -> tuple[Tensor, Tensor]:
+        """The update ``lr * direction`` (shortened to ``max_step_norm``) and the direction."""
+        # Momentum acts on d (heavy ball, as torch.optim.SGD without dampening).
+        direction = solve.d
+        if hyper.momentum != 0.0:
+            bufs = [self.state[p].get("momentum_buffer") for p in live]
+            if all(b is not None for b in bufs):
+                direction = hyper.momentum * flatten_tensors(bufs) + solve.d  # type: ignore[arg-type]
+        update = hyper.lr * direction
+        scale = 1.0
+        bound = group["max_step_norm"]
+        norm = float(torch.linalg.vector_norm(update))
+        if bound is not None and norm > bound:
+            scale = bound / norm
+            update = update * scale
+            norm = bound
+        info.step_norm, info.step_scale = norm, scale
+        info.predicted_decrease = solve.info.predicted_decrease(hyper.lr * scale)
+        info.step_curvature = (hyper.lr * scale) ** 2 * solve.info.d_abs_curvature_d
+        return update, direction
 
-            info.ritz_values, info.weights = kinfo.ritz_values, kinfo.weights
-            info.residuals, info.krylov_fraction = kinfo.residuals, kinfo.krylov_fraction
-            info.num_clipped, info.basis_age = kinfo.num_clipped, basis_age
+    # ------------------------------------------------------------------ phase 4: bookkeeping
+    def _commit(
+        self,
+        state: dict[str, Any],
+        live: list[Tensor],
+        grads: list[Tensor],
+        move: tuple[Tensor, Tensor],
+        solve: _Solve,
+        index: list[int],
+        refresh: bool,
+        hyper: _Hyper,
+    ) -> None:
+        """Write the step: gradients, parameters, momentum, generator, basis cache, counter.
 
-            # Momentum acts on d (heavy ball, as torch.optim.SGD without dampening).
-            direction = d
-            if momentum != 0.0:
-                bufs = [self.state[p].get("momentum_buffer") for p in live]
-                if all(b is not None for b in bufs):
-                    direction = momentum * flatten_tensors(bufs) + d  # type: ignore[arg-type]
-            update = lr * direction
-            scale = 1.0
-            bound = group["max_step_norm"]
-            norm = float(torch.linalg.vector_norm(update))
-            if bound is not None and norm > bound:
-                scale = bound / norm
-                update = update * scale
-                norm = bound
-            info.step_norm, info.step_scale = norm, scale
-            info.predicted_decrease = kinfo.predicted_decrease(lr * scale)
-            info.step_curvature = (lr * scale) ** 2 * kinfo.d_abs_curvature_d
+        Nothing before this changed the parameters or the state.
+        """
+        update, direction = move
+        for p, g, u in zip(live, grads, unflatten_vector(update, live), strict=True):
+            p.grad = g
+            p.sub_(u)
+        if hyper.momentum != 0.0:
+            for p, b in zip(live, unflatten_vector(direction, live), strict=True):
+                self.state[p]["momentum_buffer"] = b.clone()
+        if solve.generator is not None:
+            state["generator_state"] = solve.generator.get_state()
+        _cache_basis(state, solve, index, refresh, int(self.param_groups[0]["update_every"]))
+        state["step"] += 1
 
-            # Commit: nothing above changed the parameters or the state.
-            for p, g, u in zip(live, grads, unflatten_vector(update, live), strict=True):
-                p.grad = g
-                p.sub_(u)
-            if momentum != 0.0:
-                for p, b in zip(live, unflatten_vector(direction, live), strict=True):
-                    self.state[p]["momentum_buffer"] = b.clone()
-            if gen is not None:
-                state["generator_state"] = gen.get_state()
-            if every > 1 and refresh and kinfo.ritz_vectors.shape[1] > 0:
-                state["ritz_vectors"] = kinfo.ritz_vectors
-                state["ritz_values"] = kinfo.ritz_values.tolist()
-                state["ritz_weights"] = kinfo.weights.tolist()
-                state["ritz_residuals"] = kinfo.residuals.tolist()
-                state["basis_params"] = index
-                state["basis_age"] = basis_age
-            elif every > 1 and not refresh:
-                state["basis_age"] = basis_age
-            else:
-                for key in _CACHE_KEYS:
-                    state.pop(key, None)
-            state["step"] += 1
-            info.step = state["step"]
 
-        info.total_seconds = time.perf_counter() - t_start
-        info.bookkeeping_seconds = max(
-            0.0,
-            info.total_seconds
-            - info.closure_seconds
-            - info.gradient_seconds
-            - info.product_seconds,
+class _SkipStep(Exception):
+    """A fault (non-finite gradient or curvature) that skips the step: nothing is written."""
+
+
+class _Hyper(NamedTuple):
+    """The group's hyperparameters, read once at the start of a step."""
+
+    lr: float
+    damping: float
+    weight_decay: float
+    momentum: float
+
+    @classmethod
+    def of(cls, group: dict[str, Any]) -> _Hyper:
+        return cls(
+            float(group["lr"]),
+            float(group["damping"]),
+            float(group["weight_decay"]),
+            float(group["momentum"]),
         )
-        self.last_info = info
-        return loss.detach()
+
+
+class _Solve(NamedTuple):
+    """A solve in a Krylov basis: ``d``, what the solve learned, its generator, basis age."""
+
+    d: Tensor
+    info: KrylovSolveInfo
+    generator: torch.Generator | None
+    basis_age: int
+
+
+def _basis_due(state: dict[str, Any], index: list[int], every: int) -> bool:
+    """Whether this step computes a fresh Lanczos basis instead of reusing the cached one."""
+    return (
+        every == 1
+        or state.get("ritz_vectors") is None
+        or state.get("basis_params") != index
+        or state.get("basis_age", 0) + 1 >= every
+    )
+
+
+def _mean_gradient(
+    grads: list[Tensor], live: list[Tensor], weight_decay: float, info: StepInfo
+) -> tuple[list[Tensor], Tensor]:
+    """The gradients (averaged over ranks) and the flat gradient with weight decay.
+
+    Raises:
+        _SkipStep: When the gradient is not finite.
+    """
+    if _world_size() > 1:  # data-parallel: the mean gradient over all ranks' batches
+        grads = unflatten_vector(_mean_over_ranks(flatten_tensors(grads)), live)
+    with torch.no_grad():
+        flat_g = flatten_tensors(grads)
+        if weight_decay != 0.0:
+            flat_g = flat_g + weight_decay * flatten_tensors(live)
+        info.grad_norm = float(torch.linalg.vector_norm(flat_g))
+    if not math.isfinite(info.grad_norm):
+        raise _SkipStep("non-finite gradient")
+    return grads, flat_g
+
+
+def _cache_basis(
+    state: dict[str, Any], solve: _Solve, index: list[int], refresh: bool, every: int
+) -> None:
+    """Keep the Ritz pairs for the next ``every - 1`` steps, or drop a cache no longer used."""
+    kinfo = solve.info
+    if every > 1 and refresh and kinfo.ritz_vectors.shape[1] > 0:
+        state["ritz_vectors"] = kinfo.ritz_vectors
+        state["ritz_values"] = kinfo.ritz_values.tolist()
+        state["ritz_weights"] = kinfo.weights.tolist()
+        state["ritz_residuals"] = kinfo.residuals.tolist()
+        state["basis_params"] = index
+        state["basis_age"] = solve.basis_age
+    elif every > 1 and not refresh:
+        state["basis_age"] = solve.basis_age
+    else:
+        for key in _CACHE_KEYS:
+            state.pop(key, None)
+
+
+def _close_timings(info: StepInfo, t_start: float) -> None:
+    """Set the total time and the bookkeeping share (what no other timer counted)."""
+    info.total_seconds = time.perf_counter() - t_start
+    info.bookkeeping_seconds = max(
+        0.0,
+        info.total_seconds - info.closure_seconds - info.gradient_seconds - info.product_seconds,
+    )

@@ -48,6 +48,21 @@ class StepInfo:
         product_seconds: Time inside curvature-vector products.
         bookkeeping_seconds: The rest: Lanczos orthogonalisation, eigensolver, the update.
         total_seconds: Whole step.
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import LanczosNewton
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1).double()
+        >>> x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+        >>> opt = LanczosNewton(model.parameters(), lr=1.0, lanczos_steps=4, curvature="hessian")
+        >>> _ = opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+        >>> info = opt.last_info
+        >>> info.step, info.skipped, info.num_products
+        (1, False, 4)
+        >>> X1 = torch.cat([x, torch.ones(16, 1, dtype=torch.float64)], dim=1)  # least squares:
+        >>> bool(torch.allclose(info.ritz_values, torch.linalg.eigvalsh(2 * X1.T @ X1 / 16)))
+        True
     """
 
     step: int = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import random
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics.training import checkpoint as checkpoint_module
 from diagnostics.training.checkpoint import (
     capture_rng_state,
     checkpoint_name,
@@ -201,9 +199,3 @@ def test_latest_checkpoint(tmp_path: Path) -> None:
         save_checkpoint(tmp_path / checkpoint_name(epoch), model=model, epoch=epoch)
     (tmp_path / "checkpoint-final.pt").write_bytes(b"")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-00010.pt"
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(checkpoint_module)
-    assert result.attempted > 0
-    assert result.failed == 0

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 from torch import nn
 
-from diagnostics.training import _preresnet, models
 from diagnostics.training.models import MODELS, VGG16, PreResNet, build_model
 
 
@@ -99,10 +96,3 @@ def test_mlp_options() -> None:
 def test_bad_input(call, exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
         call()
-
-
-@pytest.mark.parametrize("module", [models, _preresnet])
-def test_doctests(module: object) -> None:
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0
-    assert result.failed == 0

@@ -297,18 +297,6 @@ def test_checkpoint_written_by_hand_resumes(tmp_path: Path, digits: tuple) -> No
         )
 
 
-@pytest.mark.parametrize(
-    "module", ["diagnostics.training.optimizers", "diagnostics.training.harness"]
-)
-def test_doctests(module: str) -> None:
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module))
-    assert result.attempted > 0
-    assert result.failed == 0
-
-
 # --------------------------------------------------------------- issue 11: defaults, interrupts
 def test_default_hyperparameters_learn_and_are_recorded(tmp_path: Path) -> None:
     # torch's SGD default (lr 1e-3, no momentum) left digits at about 13 % after 3 epochs.
