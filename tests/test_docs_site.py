@@ -20,9 +20,16 @@ import diagnostics
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOMS = sorted(m.name for m in pkgutil.iter_modules(diagnostics.__path__) if m.name[0] != "_")
-_spec = importlib.util.spec_from_file_location("cli_help", ROOT / "docs" / "hooks" / "cli_help.py")
-cli_help = importlib.util.module_from_spec(_spec)  # the MkDocs hook, not a package
-_spec.loader.exec_module(cli_help)
+
+
+def _hook(name: str) -> object:  # the MkDocs hooks are files, not a package
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli_help = _hook("cli_help")
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +88,26 @@ def test_readme_links_point_at_files_that_exist() -> None:
     local = [t for t in targets if "://" not in t]
     assert len(local) >= 8, local
     assert [t for t in local if not (ROOT / t).is_file()] == []
+
+
+def test_sphinx_markup_is_rewritten_as_markdown() -> None:
+    rst_to_markdown = _hook("griffe_rst").rst_to_markdown
+    text = (
+        "Uses :func:`~lanczos_optim.lanczos` on :math:`A` (:class:`torch.Tensor`).\n"
+        "\n"
+        ".. math::\n"
+        "    x_i = y_i\n"
+        "\n"
+        "Example:\n"
+        "    >>> 1 + 1\n"
+        "    2\n"
+    )
+    assert rst_to_markdown(text) == (
+        "Uses `lanczos` on `A` (`torch.Tensor`).\n"
+        "\n"
+        "    x_i = y_i\n"  # an indented code block after a blank line
+        "\n"
+        "Examples:\n"
+        "    >>> 1 + 1\n"
+        "    2\n"
+    )
