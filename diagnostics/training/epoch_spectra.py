@@ -31,10 +31,57 @@ from torch import nn
 
 from diagnostics.training._loop import Callback
 
-__all__ = ["SPECTRA_FOLDER", "EpochSpectra", "epoch_spectrum", "spectrum_filename"]
+__all__ = [
+    "SPECTRA_FOLDER",
+    "SPECTRUM_STEPS",
+    "EpochSpectra",
+    "check_spectrum_settings",
+    "epoch_spectrum",
+    "spectrum_filename",
+]
 
 #: Sub-folder of the output folder that holds the spectra.
 SPECTRA_FOLDER = "spectra"
+#: Lanczos steps of a spectrum during training unless given (``train --spectrum-steps``).
+SPECTRUM_STEPS = 30
+
+
+def check_spectrum_settings(
+    every: object, curvature: object, lanczos_steps: object, bn_mode: object, *, name: str = "every"
+) -> None:
+    """Check the settings of the spectra during training, before the first one is computed.
+
+    Shared by :class:`EpochSpectra`, :class:`~diagnostics.wandb_logger.WandbLogger` and
+    ``lanczos-optim train``, so a bad value is refused when the callback is built, not when
+    the first spectrum epoch ends.
+
+    Args:
+        every: Epoch interval (an int >= 1; ``None`` allowed by the caller is not passed here).
+        curvature: One of :data:`diagnostics.analysis.spectrum.CURVATURES`.
+        lanczos_steps: An int >= 1 (``<= P`` is checked by the spectrum itself).
+        bn_mode: ``"eval"`` or ``"train"``.
+        name: How ``every`` is named in the message.
+
+    Raises:
+        ValueError: Naming the value and what is allowed.
+
+    Example:
+        >>> check_spectrum_settings(1, "hessian", 0, "eval")
+        Traceback (most recent call last):
+        ...
+        ValueError: lanczos_steps must be an integer >= 1; got 0.
+    """
+    from diagnostics.analysis.spectrum import CURVATURES
+    from lanczos_optim._model_state import check_bn_mode
+
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{name} must be an int >= 1 (epochs); got {every!r}.")
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}; got {curvature!r}.")
+    steps = lanczos_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"lanczos_steps must be an integer >= 1; got {steps!r}.")
+    check_bn_mode(bn_mode)
 
 
 def spectrum_filename(epoch: int) -> str:
@@ -90,15 +137,16 @@ class EpochSpectra(Callback):
         logger: A :class:`~diagnostics.wandb_logger.WandbLogger` to log them to (optional).
         loss_fn: Loss (default: cross-entropy).
         curvature: ``"hessian"`` or ``"ggn"``.
-        lanczos_steps: Lanczos steps.
-        bn_mode: BatchNorm policy of the products.
+        lanczos_steps: Lanczos steps (default :data:`SPECTRUM_STEPS`).
+        bn_mode: BatchNorm policy of the products (``"eval"`` or ``"train"``).
 
     Attributes:
         saved: Paths written.
         spectra: ``{epoch: Spectrum}`` when ``folder`` is ``None`` (else empty, to save memory).
 
     Raises:
-        ValueError: ``every`` not an int >= 1.
+        ValueError: ``every``, ``curvature``, ``lanczos_steps`` or ``bn_mode`` invalid (checked
+            here, by :func:`check_spectrum_settings`, not when the first spectrum is due).
     """
 
     def __init__(
@@ -110,11 +158,10 @@ class EpochSpectra(Callback):
         logger: Any = None,
         loss_fn: Callable[..., torch.Tensor] | None = None,
         curvature: str = "hessian",
-        lanczos_steps: int = 30,
+        lanczos_steps: int = SPECTRUM_STEPS,
         bn_mode: str = "eval",
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"spectrum every must be an int >= 1 (epochs); got {every!r}.")
+        check_spectrum_settings(every, curvature, lanczos_steps, bn_mode, name="spectrum every")
         self.folder = Path(folder) / SPECTRA_FOLDER if folder is not None else None
         self.every, self.data, self.logger = every, data, logger
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()

@@ -50,3 +50,17 @@ def test_in_memory_without_a_folder_and_bad_interval() -> None:
     assert not spectra.saved
     with pytest.raises(ValueError, match=r"spectrum every must be an int >= 1 \(epochs\); got 0"):
         EpochSpectra(None, 0, [])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"curvature": "fisher"}, r"curvature must be one of \('hessian', 'ggn'\); got 'fisher'"),
+        ({"lanczos_steps": 0}, r"lanczos_steps must be an integer >= 1; got 0"),
+        ({"lanczos_steps": 2.5}, r"lanczos_steps must be an integer >= 1; got 2.5"),
+        ({"bn_mode": "both"}, r"bn_mode must be one of \('eval', 'train'\); got 'both'"),
+    ],
+)
+def test_bad_settings_raise_in_the_constructor(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        EpochSpectra(None, 1, [], **kwargs)
