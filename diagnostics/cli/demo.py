@@ -59,6 +59,7 @@ def run_demo(
     *,
     quick: bool = False,
     wandb_mode: str | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Run the demo and return its key numbers (also written to ``summary.md``).
 
@@ -66,6 +67,7 @@ def run_demo(
         out_dir: Folder for every output (created; files in it are replaced atomically).
         quick: Fewer epochs and Lanczos steps (for tests).
         wandb_mode: ``"online"``, ``"offline"`` or ``"disabled"`` (default: offline without a key).
+        quiet: No progress bar (it is shown only on a terminal anyway).
 
     Returns:
         The numbers of the summary.
@@ -89,7 +91,7 @@ def run_demo(
     }
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"config": cfg}
-    stages = tqdm(total=6, desc="demo", unit="stage")
+    stages = tqdm(total=6, desc="demo", unit="stage", disable=True if quiet else None)
     runs: dict[str, WandbLogger] = {}
     run_dirs: list[str] = []
 

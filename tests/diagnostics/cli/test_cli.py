@@ -282,8 +282,8 @@ def _ctrl_c_then_resume(tmp_path, monkeypatch, capsys, training):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     real = training.train_network
 
-    def with_ctrl_c(**kwargs):
-        return real(**{**kwargs, "callbacks": [*kwargs["callbacks"], _SignalAt(5, 1)]})
+    def with_ctrl_c(config, **kwargs):
+        return real(config, **{**kwargs, "callbacks": [*kwargs["callbacks"], _SignalAt(5, 1)]})
 
     out = tmp_path / "run"
     argv = ["train", "--subset", "200", "--batch-size", "50", "--wandb", "offline"]
