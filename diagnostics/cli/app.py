@@ -76,9 +76,6 @@ def _default(field: str) -> str:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     """The options of ``train``: the fields of :class:`~diagnostics.training.TrainConfig`."""
-    from diagnostics.training.config import TrainConfig
-    from diagnostics.training.epoch_spectra import SPECTRUM_STEPS
-
     run = p.add_argument_group("the run (with --resume: taken from the checkpoint)")
     run.add_argument(
         "--model", help="mlp, small_cnn, vgg16, vgg16_bn, preresnet20.." + _default("model")
@@ -115,7 +112,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--seed", type=int, help="seed of weights, data order, subsets" + _default("seed")
     )
-    more = p.add_argument_group("data, output, progress (may change on --resume)")
+    _train_output_args(p.add_argument_group("data, output, progress (may change on --resume)"))
+
+
+def _train_output_args(more: Any) -> None:
+    """The options of ``train`` that a resumed run may change."""
+    from diagnostics.training.config import TrainConfig
+    from diagnostics.training.epoch_spectra import SPECTRUM_STEPS
+
     more.add_argument(
         "--epochs", type=int, help=f"epoch budget (default: {TrainConfig.epochs}); with --resume: "
         "the checkpoint's, or more to extend the run"
@@ -195,25 +199,9 @@ def _plot_args(
     p.add_argument("--title", help="figure title (default: curvature, model, data, steps)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``lanczos-optim`` command."""
-    parser = argparse.ArgumentParser(
-        prog="lanczos-optim",
-        description="Lanczos curvature of deep networks: train, spectra, statistics, "
-        "landscapes, diagonal approximations, plots.",
-        formatter_class=_Defaults,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "train",
-        help="train a network (any optimiser, SWA, checkpoints, W&B)",
-        formatter_class=_Defaults,
-    )
-    _train_args(p)
-
-    analysis = {"formatter_class": _Defaults}
+def _analysis_commands(sub: Any) -> None:
+    """The subcommands spectrum, stats, landscape and diagonal."""
+    analysis: dict[str, Any] = {"formatter_class": _Defaults}
     p = sub.add_parser(
         "spectrum", help="Lanczos spectrum (stem plot) of the Hessian or GGN", **analysis
     )
@@ -263,9 +251,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``lanczos-optim`` command."""
+    parser = argparse.ArgumentParser(
+        prog="lanczos-optim",
+        description="Lanczos curvature of deep networks: train, spectra, statistics, "
+        "landscapes, diagonal approximations, plots.",
+        formatter_class=_Defaults,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a network (any optimiser, SWA, checkpoints, W&B)",
+        formatter_class=_Defaults,
+    )
+    _train_args(p)
+
+    _analysis_commands(sub)
     p = sub.add_parser(
         "plot", help="plot result files (spectrum, landscape, diagonal, stats, training runs)",
-        **analysis,
+        formatter_class=_Defaults,
     )  # fmt: skip
     p.add_argument(
         "input",
