@@ -36,11 +36,12 @@ writes nothing. The API key is never printed, logged or stored by this module.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import netrc
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,8 @@ def _api_key_configured() -> bool:
 def resolve_wandb_mode(mode: str | None = None) -> str:
     """Return the W&B mode to use: ``mode``, else ``$WANDB_MODE``, else online iff a key exists.
 
+    A ``$WANDB_MODE`` that is set but blank counts as unset.
+
     Raises:
         ValueError: If ``mode`` is not one of :data:`WANDB_MODES`.
 
@@ -86,12 +89,27 @@ def resolve_wandb_mode(mode: str | None = None) -> str:
         >>> resolve_wandb_mode("disabled")
         'disabled'
     """
-    if mode is None:
-        mode = os.environ.get("WANDB_MODE") or ("online" if _api_key_configured() else "offline")
+    if mode is None:  # a blank $WANDB_MODE (as CI templates leave it) counts as unset
+        mode = os.environ.get("WANDB_MODE", "").strip()
+        mode = mode or ("online" if _api_key_configured() else "offline")
         mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode not in WANDB_MODES:
         raise ValueError(f"wandb mode must be one of {WANDB_MODES}; got {mode!r}.")
     return mode
+
+
+@contextlib.contextmanager
+def _blank_wandb_mode_unset() -> Iterator[None]:
+    """Hide a set-but-blank ``$WANDB_MODE`` from ``wandb.init`` (it refuses ``""``), as if unset."""
+    value = os.environ.get("WANDB_MODE")
+    blank = value is not None and not value.strip()
+    if blank:
+        del os.environ["WANDB_MODE"]
+    try:
+        yield
+    finally:
+        if blank:
+            os.environ["WANDB_MODE"] = value  # type: ignore[assignment]
 
 
 def _pixels(figure: Any) -> np.ndarray:
@@ -186,6 +204,33 @@ def step_metrics(info: Any) -> dict[str, float]:
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
+def _check_settings(
+    log_every: object,
+    spectrum_every: object,
+    spectrum_data: object,
+    curvature: object,
+    lanczos_steps: object,
+    bn_mode: object,
+    eos_threshold: object,
+) -> tuple[str, int, str]:
+    """Check the logger's settings when it is built (before W&B is started).
+
+    Returns the checked ``(curvature, lanczos_steps, bn_mode)`` of the spectra.
+    """
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ValueError(f"log_every must be an int >= 1; got {log_every!r}.")
+    every = 1 if spectrum_every is None else spectrum_every
+    settings = check_spectrum_settings(
+        every, curvature, lanczos_steps, bn_mode, name="spectrum_every"
+    )
+    if spectrum_every is not None and spectrum_data is None:
+        raise ValueError("spectrum_every needs spectrum_data (the batches for the spectra).")
+    bad = isinstance(eos_threshold, bool) or not isinstance(eos_threshold, (int, float))
+    if bad or not 0.0 < eos_threshold < math.inf:  # type: ignore[operator]
+        raise ValueError(f"eos_threshold must be a positive finite number; got {eos_threshold!r}.")
+    return settings
+
+
 class WandbLogger(Callback):
     """Log training and curvature to Weights & Biases; pass it in ``callbacks=`` of training.
 
@@ -203,6 +248,9 @@ class WandbLogger(Callback):
         lanczos_steps: Lanczos steps for those spectra.
         bn_mode: BatchNorm policy of those spectra.
         eos_threshold: Warn once when ``lr * lambda_max`` passes this value.
+
+    Every setting is checked here, before W&B is started (a ``ValueError`` naming the value),
+    not when the first spectrum epoch ends.
         finish_on_train_end: Close the run when training ends (``False`` to log more after).
         run_id: W&B run id; with the id of an earlier run, that run is continued
             (``resume="allow"``). ``None``: a new id (``logger.run_id``).
@@ -234,15 +282,10 @@ class WandbLogger(Callback):
     ) -> None:
         import wandb
 
-        settings = check_spectrum_settings(curvature, lanczos_steps, bn_mode)
-        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-            raise ValueError(f"log_every must be an int >= 1; got {log_every!r}.")
-        if spectrum_every is not None and (
-            not isinstance(spectrum_every, int) or spectrum_every < 1
-        ):
-            raise ValueError(f"spectrum_every must be None or an int >= 1; got {spectrum_every!r}.")
-        if spectrum_every is not None and spectrum_data is None:
-            raise ValueError("spectrum_every needs spectrum_data (the batches for the spectra).")
+        settings = _check_settings(
+            log_every, spectrum_every, spectrum_data, curvature, lanczos_steps, bn_mode,
+            eos_threshold,
+        )  # fmt: skip
         self.mode = resolve_wandb_mode(mode)
         self.log_every = log_every
         self.spectrum_every = spectrum_every
@@ -254,17 +297,21 @@ class WandbLogger(Callback):
         self.finish_on_train_end = finish_on_train_end
         self._step = 0
         self._wandb = wandb
-        self.run = wandb.init(
-            project=project,
-            name=name,
-            config=config or {},
-            mode=self.mode,
-            # wandb caches its settings per process; read $WANDB_DIR at each init instead.
-            dir=str(directory) if directory is not None else os.environ.get("WANDB_DIR"),
-            reinit="create_new",
-            id=run_id,
-            resume="allow" if run_id is not None else None,
-        )
+        with _blank_wandb_mode_unset():
+            self.run = wandb.init(
+                project=project,
+                name=name,
+                config=config or {},
+                mode=self.mode,
+                # wandb caches its settings per process; read $WANDB_DIR at each init instead.
+                dir=str(directory) if directory is not None else os.environ.get("WANDB_DIR"),
+                reinit="create_new",
+                id=run_id,
+                resume="allow" if run_id is not None else None,
+                # W&B would look for a git repository in the run folder (warning "git root ...
+                # does not exist" when it is new); the provenance records what the run needs.
+                settings=wandb.Settings(disable_git=True),
+            )
         self.run_id: str | None = getattr(self.run, "id", None) or run_id
 
     # ----------------------------------------------------------------- generic logging

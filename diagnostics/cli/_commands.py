@@ -45,122 +45,11 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-_WANDB_ID_FILE = "wandb-run-id.txt"
-
-
-def _held_out(args: argparse.Namespace, n: int = 512) -> Any:
-    """Batches of up to ``n`` samples of the data set's test split (for the epoch spectra)."""
-    from diagnostics.cli._setup import batches
-    from diagnostics.training import load_dataset
-
-    data = load_dataset(args.dataset, train=False, root=args.data_path, download=args.download)
-    n = min(n, len(data))
-    return batches(torch.utils.data.Subset(data, range(n)), min(256, n))
-
-
-def _wandb_run_id(args: argparse.Namespace) -> str | None:
-    """The W&B run id stored beside the checkpoint ``--resume`` names (``None``: a new run)."""
-    if not args.resume:
-        return None
-    path = Path(args.resume)
-    folder = path if path.is_dir() else path.parent
-    id_file = folder / _WANDB_ID_FILE
-    if not id_file.is_file():
-        return None
-    return id_file.read_text().strip() or None
-
-
-class _RunIdWriter:
-    """Writes the W&B run id into the output folder once training has started (for --resume)."""
-
-    def __init__(self, folder: Path, run_id: str) -> None:
-        self.path, self.run_id, self.done = folder / _WANDB_ID_FILE, run_id, False
-
-    def on_step(self, step: Any) -> None:
-        if not self.done:
-            data = self.run_id.encode()
-            atomic_write(self.path, lambda f: f.write(data))
-            self.done = True
-
-
 def run_train(args: argparse.Namespace) -> None:
     """Train a network; W&B logging unless ``--wandb disabled``; spectra saved under --out."""
-    from diagnostics.training import EpochSpectra, TrainingInterrupted
-    from diagnostics.training._setup import (
-        ResultsExistError,
-        check_resume_data,
-        find_resume,
-        prepare_folder,
-    )
-    from diagnostics.training.harness import STATS_FILENAME, train_network
-    from diagnostics.training.optimizers import resolve_hyperparameters
-    from diagnostics.wandb_logger import WandbLogger
+    from diagnostics.cli._train_command import run_train as train
 
-    opt_kwargs = resolve_hyperparameters(args.optimizer, dict(args.opt), args.lr)
-    resume = Path(args.resume) if args.resume else None
-    if args.out is None:
-        args.out = str(resume if resume.is_dir() else resume.parent) if resume else "results/train"
-    resume_path = find_resume(resume)
-    check_resume_data(resume_path, args.dataset, args.subset)  # before W&B writes anything
-    try:  # before W&B writes into the folder
-        prepare_folder(args.out, resume_path, args.overwrite, STATS_FILENAME)
-    except ResultsExistError as err:
-        raise ResultsExistError(err.folder, "--resume", "--overwrite") from None
-    callbacks: list[Any] = []
-    logger = None
-    if args.wandb != "disabled":
-        logger = WandbLogger(
-            name=f"{args.model}-{args.optimizer}",
-            config=vars(args) | {"opt": opt_kwargs, "lr": opt_kwargs.get("lr")},
-            mode=args.wandb,
-            directory=args.out,
-            run_id=_wandb_run_id(args),
-        )
-        callbacks.append(logger)
-        if logger.run_id:
-            callbacks.append(_RunIdWriter(Path(args.out), logger.run_id))
-    if args.spectrum_every is not None:
-        spectra = EpochSpectra(args.out, args.spectrum_every, _held_out(args), logger=logger)
-        callbacks.append(spectra)
-    try:
-        result = train_network(
-            model=args.model,
-            dataset=args.dataset,
-            data_path=args.data_path,
-            download=args.download,
-            subset=args.subset,
-            epochs=args.epochs,
-            optimizer=args.optimizer,
-            optimizer_kwargs=opt_kwargs,
-            batch_size=args.batch_size,
-            schedule=args.schedule,
-            swa=args.swa,
-            swa_start=args.swa_start,
-            swa_lr=args.swa_lr,
-            checkpoint_dir=args.out,
-            checkpoint_every=args.checkpoint_every,
-            keep_checkpoints=args.keep_checkpoints,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            seed=args.seed,
-            callbacks=callbacks,
-        )
-    except TrainingInterrupted as err:
-        hint = f"; continue with --resume {err.checkpoint.parent}" if err.checkpoint else ""
-        raise TrainingInterrupted(
-            f"{err}{hint}",
-            signum=err.signum,
-            checkpoint=err.checkpoint,
-            epochs_done=err.epochs_done,
-            batches_done=err.batches_done,
-        ) from None
-    finally:
-        if logger is not None:
-            logger.finish()
-    last = result.history[-1]
-    print(
-        f"trained {args.epochs} epochs: train loss {last['train_loss']:.4f}; results in {args.out}"
-    )
+    train(args)
 
 
 def _check_choices(args: argparse.Namespace) -> None:
@@ -334,4 +223,4 @@ def run_demo(args: argparse.Namespace) -> None:
     """The end-to-end offline demo."""
     from diagnostics.cli.demo import run_demo as demo
 
-    demo(args.out, quick=args.quick, wandb_mode=args.wandb)
+    demo(args.out, quick=args.quick, wandb_mode=args.wandb, quiet=args.quiet)

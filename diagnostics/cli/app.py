@@ -68,19 +68,32 @@ def _lr_help() -> str:
     )
 
 
+def _default(field: str) -> str:
+    """`` (default: X)`` of a :class:`TrainConfig` field whose option defaults to ``None``.
+
+    ``None`` tells "not given" apart from a given default value, for ``--resume``.
+    """
+    from diagnostics.training.config import TrainConfig
+
+    return f" (default: {getattr(TrainConfig, field)})"
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mlp", help="mlp, small_cnn, vgg16, vgg16_bn, preresnet20..")
-    p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, mnist, cifar10..")
-    p.add_argument("--data-path", help="folder with the data files")
-    p.add_argument("--download", action="store_true", help="let torchvision download the data")
-    p.add_argument("--subset", type=int, help="train and test on this many samples")
-    p.add_argument("--epochs", type=int, default=10, help="epoch budget")
-    p.add_argument(
-        "--optimizer",
-        default="sgd",
-        help="sgd, adam, lanczos_newton, lanczos_saddle_free or any torch.optim class name",
+    """The options of ``train``: the fields of :class:`~diagnostics.training.TrainConfig`."""
+    run = p.add_argument_group("the run (with --resume: taken from the checkpoint)")
+    run.add_argument(
+        "--model", help="mlp, small_cnn, vgg16, vgg16_bn, preresnet20.." + _default("model")
     )
-    p.add_argument(
+    run.add_argument(
+        "--dataset", help="digits, fashion-mnist, mnist, cifar10.." + _default("dataset")
+    )
+    run.add_argument("--subset", type=int, help="train and test on this many samples")
+    run.add_argument(
+        "--optimizer",
+        help="sgd, adam, lanczos_newton, lanczos_saddle_free or any torch.optim class name"
+        + _default("optimizer"),
+    )
+    run.add_argument(
         "--opt",
         type=_key_value,
         action="append",
@@ -88,35 +101,72 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="optimiser keyword argument (repeatable), e.g. --opt momentum=0.9",
     )
-    p.add_argument("--lr", type=float, help=_lr_help())
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
-    p.add_argument("--schedule", default="linear", help="linear (paper eq. 11), cosine, constant")
-    p.add_argument("--swa", action="store_true", help="stochastic weight averaging")
-    p.add_argument("--swa-start", type=int, help="first averaged epoch; default: 75%% of --epochs")
-    p.add_argument("--swa-lr", type=float, help="lr while averaging; default: 0.1 x the initial lr")
-    p.add_argument(
+    run.add_argument("--lr", type=float, help=_lr_help())
+    run.add_argument("--batch-size", type=int, help="training batch size" + _default("batch_size"))
+    run.add_argument(
+        "--schedule", help="linear (paper eq. 11), cosine, constant" + _default("schedule")
+    )
+    run.add_argument("--swa", action="store_true", default=None, help="stochastic weight averaging")
+    run.add_argument(
+        "--swa-start", type=int, help="first averaged epoch; default: 75%% of --epochs"
+    )
+    run.add_argument(
+        "--swa-lr", type=float, help="lr while averaging; default: 0.1 x the initial lr"
+    )
+    run.add_argument(
+        "--seed", type=int, help="seed of weights, data order, subsets" + _default("seed")
+    )
+    _train_output_args(p.add_argument_group("data, output, progress (may change on --resume)"))
+
+
+def _train_output_args(more: Any) -> None:
+    """The options of ``train`` that a resumed run may change."""
+    from diagnostics.training.config import TrainConfig
+    from diagnostics.training.epoch_spectra import EPOCH_SPECTRUM_LANCZOS_STEPS
+
+    more.add_argument(
+        "--epochs", type=int, help=f"epoch budget (default: {TrainConfig.epochs}); with --resume: "
+        "the checkpoint's, or more to extend the run"
+    )  # fmt: skip
+    more.add_argument("--data-path", help="folder with the data files")
+    more.add_argument(
+        "--download", action="store_true", default=None, help="let torchvision download the data"
+    )
+    more.add_argument(
         "--out", help="folder for checkpoints, stats, spectra; default: the --resume folder, else "
         "results/train"
     )  # fmt: skip
-    p.add_argument(
-        "--checkpoint-every", type=int, default=1, help="checkpoint every N epochs (0: last only)"
+    more.add_argument(
+        "--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
+        help="checkpoint every N epochs (0: last only)",
+    )  # fmt: skip
+    more.add_argument(
+        "--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints,
+        help="keep the N newest checkpoints (0: all)",
+    )  # fmt: skip
+    more.add_argument(
+        "--resume", help="checkpoint (or its folder) to continue from, with its configuration"
     )
-    p.add_argument(
-        "--keep-checkpoints", type=int, default=3, help="keep the N newest checkpoints (0: all)"
+    more.add_argument(
+        "--overwrite", action="store_true", default=None, help="reuse a non-empty --out folder"
     )
-    p.add_argument("--resume", help="checkpoint (or its folder) to continue from")
-    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out folder")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, subsets")
-    p.add_argument(
+    more.add_argument(
+        "--quiet", action="store_true", help="no progress bars (never shown off a terminal)"
+    )
+    more.add_argument(
         "--wandb",
         choices=("online", "offline", "disabled"),
         help="W&B mode; default: online with an API key, else offline",
     )
-    p.add_argument(
+    more.add_argument(
         "--spectrum-every",
         type=int,
         help="every N epochs, a Hessian spectrum on held-out data, saved under OUT/spectra/",
     )
+    more.add_argument(
+        "--spectrum-steps", type=int, default=EPOCH_SPECTRUM_LANCZOS_STEPS,
+        help="Lanczos steps of each --spectrum-every spectrum",
+    )  # fmt: skip
 
 
 def _analysis_args(p: argparse.ArgumentParser) -> None:
@@ -153,31 +203,9 @@ def _plot_args(
     p.add_argument("--title", help="figure title (default: curvature, model, data, steps)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``lanczos-optim`` command.
-
-    Example:
-        >>> args = build_parser().parse_args(["demo", "--quick"])
-        >>> args.command, args.quick, args.out
-        ('demo', True, 'results/demo')
-    """
-    parser = argparse.ArgumentParser(
-        prog="lanczos-optim",
-        description="Lanczos curvature of deep networks: train, spectra, statistics, "
-        "landscapes, diagonal approximations, plots.",
-        formatter_class=_Defaults,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "train",
-        help="train a network (any optimiser, SWA, checkpoints, W&B)",
-        formatter_class=_Defaults,
-    )
-    _train_args(p)
-
-    analysis = {"formatter_class": _Defaults}
+def _analysis_commands(sub: Any) -> None:
+    """The subcommands spectrum, stats, landscape and diagonal."""
+    analysis: dict[str, Any] = {"formatter_class": _Defaults}
     p = sub.add_parser(
         "spectrum", help="Lanczos spectrum (stem plot) of the Hessian or GGN", **analysis
     )
@@ -232,9 +260,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bn-mode", default="eval", help="BatchNorm statistics: eval or train")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``lanczos-optim`` command.
+
+    Example:
+        >>> args = build_parser().parse_args(["demo", "--quick"])
+        >>> args.command, args.quick, args.out
+        ('demo', True, 'results/demo')
+    """
+    parser = argparse.ArgumentParser(
+        prog="lanczos-optim",
+        description="Lanczos curvature of deep networks: train, spectra, statistics, "
+        "landscapes, diagonal approximations, plots.",
+        formatter_class=_Defaults,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a network (any optimiser, SWA, checkpoints, W&B)",
+        formatter_class=_Defaults,
+    )
+    _train_args(p)
+
+    _analysis_commands(sub)
     p = sub.add_parser(
         "plot", help="plot result files (spectrum, landscape, diagonal, stats, training runs)",
-        **analysis,
+        formatter_class=_Defaults,
     )  # fmt: skip
     p.add_argument(
         "input",
@@ -260,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("online", "offline", "disabled"),
         help="W&B mode; default: online with an API key, else offline",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

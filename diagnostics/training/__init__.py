@@ -1,13 +1,14 @@
 """The training harness: loop, checkpoints, schedules, models, data sets and optimisers.
 
-:func:`train_network` trains a model with any of :data:`OPTIMIZERS`, checkpoints every epoch
-and on SIGINT/SIGTERM, resumes bit for bit, and calls :class:`Callback` hooks such as
-:class:`EpochSpectra` and the W&B logger.
+:func:`train_network` trains a model, configured by a :class:`TrainConfig`, with any of
+:data:`OPTIMIZERS`, checkpoints every epoch and on SIGINT/SIGTERM, resumes bit for bit, and
+calls :class:`Callback` hooks such as :class:`EpochSpectra` and the W&B logger.
 """
 
 from diagnostics.training._interrupt import TrainingInterrupted
 from diagnostics.training._loop import Callback, TrainingStep
 from diagnostics.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from diagnostics.training.config import TrainConfig, resume_config
 from diagnostics.training.datasets import DATASETS, dataset_info, load_dataset
 from diagnostics.training.epoch_spectra import EpochSpectra
 from diagnostics.training.harness import TrainResult, train_network
@@ -23,6 +24,7 @@ __all__ = [
     "OPTIMIZERS",
     "PreResNet",
     "SCHEDULES",
+    "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",
     "TrainingStep",
@@ -35,6 +37,7 @@ __all__ = [
     "load_dataset",
     "mlp",
     "read_checkpoint",
+    "resume_config",
     "save_checkpoint",
     "small_cnn",
     "train_network",

@@ -191,9 +191,9 @@ def run_epoch(
         for _ in range(totals.batches):
             next(batches)
         restore_rng_state(rng)
-    bar = tqdm(
-        batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress,
-        initial=totals.batches, total=len(loader),
+    bar = tqdm(  # disable=None: bars on a terminal only, never in logs and pipes
+        batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+        disable=None if progress else True, initial=totals.batches, total=len(loader),
     )  # fmt: skip
     stopped = False
     for inputs, targets in bar:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,51 +14,35 @@ from torch.optim.swa_utils import SWALR
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from diagnostics.training.checkpoint import latest_checkpoint, read_checkpoint
-from diagnostics.training.datasets import DATASETS, dataset_info, load_dataset
-from diagnostics.training.models import _canonical
-from diagnostics.training.schedules import SCHEDULES, build_schedule
+from diagnostics.training.datasets import dataset_info, load_dataset
+from diagnostics.training.schedules import build_schedule
 
 __all__ = ["ResultsExistError"]
 
 _HOOKS = ("on_step", "on_epoch_end", "on_train_end", "on_train_start", "on_interrupt")
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def check_arguments(args: Mapping[str, Any]) -> None:
-    """Validate the plain arguments of ``train_network`` before any work is done."""
-    ints = (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 0), ("keep_checkpoints", 0))
-    for name, low in (*ints, ("seed", 0)):
-        if not _is_int(args[name]) or args[name] < low:
-            raise ValueError(f"{name} must be an int >= {low}; got {args[name]!r}.")
-    if args["subset"] is not None and (not _is_int(args["subset"]) or args["subset"] < 1):
-        raise ValueError(f"subset must be None or an int >= 1; got {args['subset']!r}.")
-    if isinstance(args["model"], str):
-        _canonical(args["model"])  # ValueError listing the allowed names
-    if isinstance(args["dataset"], str) and args["dataset"] not in DATASETS:
-        raise ValueError(f"Unknown dataset {args['dataset']!r}; allowed: {', '.join(DATASETS)}.")
-    if args["schedule"] not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {args['schedule']!r}; allowed: {', '.join(SCHEDULES)}.")
-    for name in ("lr", "swa_lr"):
-        value = args[name]
-        bad = isinstance(value, bool) or not isinstance(value, (int, float))
-        if value is not None and (bad or not 0.0 < value < math.inf):
-            raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
-    start = args["swa_start"]
-    if start is not None and (not _is_int(start) or not 0 <= start < args["epochs"]):
-        raise ValueError(
-            f"swa_start must be an int in [0, epochs={args['epochs']}); got {start!r}."
-        )
-    if isinstance(args["callbacks"], (str, bytes)) or not hasattr(args["callbacks"], "__iter__"):
+def check_callbacks(callbacks: object) -> None:
+    """Refuse callbacks that are not a sequence of objects with at least one hook."""
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
         raise TypeError("callbacks must be a sequence of callback objects.")
-    for cb in args["callbacks"]:
+    for cb in callbacks:
         if not any(callable(getattr(cb, hook, None)) for hook in _HOOKS):
             raise TypeError(f"Callback {cb!r} has none of the methods {', '.join(_HOOKS)}.")
-    path = args["data_path"]
-    if path is not None and not Path(path).exists():
-        raise FileNotFoundError(f"Data path {str(path)!r} does not exist.")
+
+
+def check_partial_epoch(resume: Path | None, batch_size: int) -> None:
+    """Refuse to continue an interrupted epoch with another batch size (its batches differ)."""
+    if resume is None:
+        return
+    meta = read_checkpoint(resume).get("meta", {})
+    partial, then = meta.get("partial_epoch"), meta.get("batch_size")
+    if partial is not None and then is not None and then != batch_size:
+        raise ValueError(
+            f"Cannot continue the epoch interrupted in {str(resume)!r} with batch_size "
+            f"{batch_size}: it stopped after {partial['batches']} batches of {then}; resume "
+            f"with batch_size {then}."
+        )
 
 
 def find_resume(resume: str | os.PathLike[str] | None) -> Path | None:

@@ -44,22 +44,44 @@ __all__ = [
 
 #: Sub-folder of the output folder that holds the spectra.
 SPECTRA_FOLDER = "spectra"
-#: Default Lanczos steps of the spectra taken during training (EpochSpectra, WandbLogger).
+#: Default Lanczos steps of the spectra taken during training (EpochSpectra, WandbLogger and
+#: ``lanczos-optim train --spectrum-steps``).
 EPOCH_SPECTRUM_LANCZOS_STEPS = 30
 
 
 def check_spectrum_settings(
-    curvature: str, lanczos_steps: int, bn_mode: str
+    every: object, curvature: object, lanczos_steps: object, bn_mode: object, *, name: str = "every"
 ) -> tuple[str, int, str]:
-    """Validate a training callback's spectrum settings when it is built, not at its first spectrum.
+    """Check the settings of the spectra during training, before the first one is computed.
 
-    Returns ``(curvature, lanczos_steps, bn_mode)``; raises the
-    :mod:`lanczos_optim.validation` errors (steps above ``P`` are capped when the spectrum runs).
+    Shared by :class:`EpochSpectra`, :class:`~diagnostics.wandb_logger.WandbLogger` and
+    ``lanczos-optim train``, so a bad value is refused when the callback is built, not when
+    the first spectrum epoch ends. Curvature, steps and BatchNorm mode go through the
+    :mod:`lanczos_optim.validation` checks (steps above ``P`` are capped when the spectrum runs).
+
+    Args:
+        every: Epoch interval, an int >= 1.
+        curvature: One of :data:`lanczos_optim.CURVATURES`.
+        lanczos_steps: An int >= 1.
+        bn_mode: ``"eval"`` or ``"train"``.
+        name: How ``every`` is named in the message.
+
+    Returns:
+        ``(curvature, lanczos_steps, bn_mode)``, checked.
+
+    Raises:
+        ValueError: Naming the value and what is allowed.
 
     Example:
-        >>> check_spectrum_settings("ggn", 12, "train")
+        >>> check_spectrum_settings(1, "ggn", 12, "train")
         ('ggn', 12, 'train')
+        >>> check_spectrum_settings(0, "ggn", 12, "train")
+        Traceback (most recent call last):
+        ...
+        ValueError: every must be an int >= 1 (epochs); got 0.
     """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{name} must be an int >= 1 (epochs); got {every!r}.")
     return check_curvature(curvature), check_lanczos_steps(lanczos_steps), check_bn_mode(bn_mode)
 
 
@@ -116,16 +138,17 @@ class EpochSpectra(Callback):
         logger: A :class:`~diagnostics.wandb_logger.WandbLogger` to log them to (optional).
         loss_fn: Loss (default: cross-entropy).
         curvature: ``"hessian"`` or ``"ggn"``.
-        lanczos_steps: Lanczos steps (capped at the parameter count).
-        bn_mode: BatchNorm policy of the products.
+        lanczos_steps: Lanczos steps (default :data:`EPOCH_SPECTRUM_LANCZOS_STEPS`; capped at
+            the parameter count).
+        bn_mode: BatchNorm policy of the products (``"eval"`` or ``"train"``).
 
     Attributes:
         saved: Paths written.
         spectra: ``{epoch: Spectrum}`` when ``folder`` is ``None`` (else empty, to save memory).
 
     Raises:
-        ValueError: ``every`` not an int >= 1, or a bad ``curvature``, ``lanczos_steps`` or
-            ``bn_mode`` (checked here, before training starts).
+        ValueError: ``every``, ``curvature``, ``lanczos_steps`` or ``bn_mode`` invalid (checked
+            here, by :func:`check_spectrum_settings`, not when the first spectrum is due).
 
     Example:
         >>> import torch
@@ -152,9 +175,9 @@ class EpochSpectra(Callback):
         lanczos_steps: int = EPOCH_SPECTRUM_LANCZOS_STEPS,
         bn_mode: str = "eval",
     ) -> None:
-        settings = check_spectrum_settings(curvature, lanczos_steps, bn_mode)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"spectrum every must be an int >= 1 (epochs); got {every!r}.")
+        settings = check_spectrum_settings(
+            every, curvature, lanczos_steps, bn_mode, name="spectrum every"
+        )
         self.folder = Path(folder) / SPECTRA_FOLDER if folder is not None else None
         self.every, self.data, self.logger = every, data, logger
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()

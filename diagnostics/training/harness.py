@@ -1,5 +1,8 @@
 """The training harness: ``train_network`` (the paper's appendix C), with SWA, checkpoints, resume.
 
+**Configuration**: a :class:`~diagnostics.training.config.TrainConfig` (or its fields as
+keyword arguments); see there for every option and its default.
+
 **Output folder** (``checkpoint_dir``): ``stats.jsonl`` (one JSON object per epoch, the whole
 file rewritten atomically after every epoch) and ``checkpoint-00042.pt`` files every
 ``checkpoint_every`` epochs (default: every epoch) and after the last one, of which the newest
@@ -45,22 +48,27 @@ the schedule runs over ``swa_start`` epochs (the linear one decays to ``swa_lr``
 weights after every such epoch enter an ``AveragedModel``; at the end its BatchNorm statistics
 are recomputed with ``update_bn`` on the training data and it is evaluated.
 
+**Layout.** :func:`train_network` reads top to bottom: check, build the run
+(:func:`_build_run`: data, model, optimiser, schedulers, loaders, ``meta``), restore a checkpoint
+(:func:`_restore`), then :func:`_train_epochs` (one :func:`_epoch` after another, each followed
+by :func:`_end_epoch`: evaluation, SWA, schedule, history, hooks, checkpoint) and :func:`_finish`.
+
 Example:
-    >>> result = train_network(model="mlp", dataset="digits", epochs=3, subset=300, batch_size=32,
-    ...                        lr=0.1, optimizer_kwargs={"momentum": 0.9}, progress=False)
+    >>> config = TrainConfig(model="mlp", dataset="digits", epochs=3, subset=300, batch_size=32,
+    ...                      lr=0.1, optimizer_kwargs={"momentum": 0.9}, progress=False)
+    >>> result = train_network(config)
     >>> [row["epoch"] for row in result.history], result.history[-1]["test_acc"] > 0.5
     ([1, 2, 3], True)
 """
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +76,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, update_bn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diagnostics.training._interrupt import StopRequest, TrainingInterrupted, deferred_signals
@@ -84,7 +92,8 @@ from diagnostics.training._loop import (
 from diagnostics.training._setup import (
     ResultsExistError,
     build_schedulers,
-    check_arguments,
+    check_callbacks,
+    check_partial_epoch,
     check_resume_data,
     clear_results,
     find_resume,
@@ -99,6 +108,7 @@ from diagnostics.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from diagnostics.training.config import TrainConfig
 from diagnostics.training.models import build_model
 from diagnostics.training.optimizers import (
     build_optimizer,
@@ -110,6 +120,7 @@ __all__ = [
     "STATS_FILENAME",
     "Callback",
     "ResultsExistError",
+    "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",
     "TrainingStep",
@@ -161,46 +172,46 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
 
 
-def _warn_if_different(meta: Mapping[str, Any], now: Mapping[str, Any], path: Path) -> None:
-    changed = [k for k in _RESUME_KEYS if k in meta and meta[k] != now.get(k)]
-    if changed:
-        warnings.warn(
-            f"Resuming {str(path)!r} with different {', '.join(changed)}: the run will not "
-            "reproduce an uninterrupted one.",
-            UserWarning,
-            stacklevel=3,
+@dataclass
+class _Run:
+    """Everything built from a :class:`TrainConfig`, and the progress of the run."""
+
+    config: TrainConfig
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    scheduler: Any
+    swa_sched: Any
+    swa_model: AveragedModel | None
+    swa_start: int | None
+    generator: torch.Generator
+    loader: DataLoader
+    train_eval: DataLoader
+    test_loader: DataLoader | None
+    loss: Callable[[Tensor, Tensor], Tensor]
+    device: torch.device
+    meta: dict[str, Any]
+    out: Path | None
+    callbacks: Sequence[object]
+    result: TrainResult = field(init=False)
+    step: int = 0
+    start: int = 0
+    lr_used: float = 0.0
+    partial: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.result = TrainResult(
+            model=self.net, optimizer=self.opt, history=[], output_dir=self.out
         )
 
 
 def train_network(
+    config: TrainConfig | None = None,
+    /,
     *,
-    model: str | nn.Module,
-    dataset: str | Dataset,
-    epochs: int,
-    test_dataset: Dataset | None = None,
-    data_path: str | os.PathLike[str] | None = None,
-    subset: int | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    optimizer: str | type[torch.optim.Optimizer] = "sgd",
-    optimizer_kwargs: Mapping[str, Any] | None = None,
-    lr: float | None = None,
-    batch_size: int = 128,
-    schedule: str = "linear",
-    schedule_kwargs: Mapping[str, float] | None = None,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-    swa: bool = False,
-    swa_start: int | None = None,
-    swa_lr: float | None = None,
-    checkpoint_dir: str | os.PathLike[str] | None = None,
-    checkpoint_every: int = 1,
-    keep_checkpoints: int = 3,
-    resume: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    seed: int = 0,
-    device: str | torch.device | None = None,
     callbacks: Sequence[object] = (),
-    progress: bool = True,
-    download: bool = False,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    device: str | torch.device | None = None,
+    **options: Any,
 ) -> TrainResult:
     r"""Train a network (the paper's ``train_network``), optionally with SWA, checkpoints, resume.
 
@@ -209,38 +220,13 @@ def train_network(
     :math:`\alpha_0` the optimiser's initial learning rate.
 
     Args:
-        model: A name of :data:`diagnostics.MODELS` or a module (moved to ``device``).
-        dataset: A name of :data:`diagnostics.DATASETS` (its test split is the test
-            set) or a ``Dataset`` of ``(input, label)`` pairs.
-        epochs: The epoch budget :math:`T`.
-        test_dataset: Test set when ``dataset`` is a ``Dataset`` (default: none).
-        data_path: Folder with the data files (named data sets that need files).
-        subset: Train (and test) on a seeded random subset of this many samples.
-        model_kwargs: Keyword arguments of :func:`diagnostics.training.models.build_model`.
-        optimizer: ``"sgd"``, ``"adam"``, ``"lanczos_newton"``, ``"lanczos_saddle_free"``, any
-            ``torch.optim`` class name (``"AdamW"``, ``"RMSprop"``, ...) or an optimiser class.
-        optimizer_kwargs: The optimiser's keyword arguments (``lr`` may be given here). Missing
-            ones take :func:`diagnostics.training.optimizers.default_hyperparameters` (SGD: lr 0.05,
-            momentum 0.9; Adam: lr 1e-3; others their own); ``meta`` records what was used.
-        lr: Initial learning rate :math:`\alpha_0` (or in ``optimizer_kwargs``, not both).
-        batch_size: Training batch size.
-        schedule: ``"linear"`` (equation 11), ``"cosine"`` or ``"constant"``.
-        schedule_kwargs: ``ratio`` of the linear schedule (default 0.01, or ``swa_lr/lr`` with
-            SWA), ``min_ratio`` of the cosine one.
-        loss_fn: ``loss_fn(outputs, targets)``, a batch mean (default: cross-entropy).
-        swa: Use Stochastic Weight Averaging.
-        swa_start: First averaged epoch, counted from 0 (default ``int(0.75 * epochs)``).
-        swa_lr: Learning rate during averaging (default :math:`0.1\,\alpha_0`).
-        checkpoint_dir: Output folder (created if missing); ``None`` writes no files.
-        checkpoint_every: Save a checkpoint every this many epochs (0: only after the last).
-        keep_checkpoints: Keep only this many newest checkpoints in the folder (0: all).
-        resume: A checkpoint file, or a folder (its latest checkpoint), to continue from.
-        overwrite: Allow writing into a folder that already holds results.
-        seed: Seeds torch, numpy, Python and the loader's shuffling generator.
-        device: Where to train (default: CUDA when available, else CPU).
+        config: The run's :class:`~diagnostics.training.config.TrainConfig` (model, data,
+            optimiser, schedule, SWA, checkpoints, resume, seed, ...).
         callbacks: Objects with ``on_step``/``on_epoch_end``/``on_train_end`` (module docstring).
-        progress: Show tqdm progress bars.
-        download: Let torchvision download a named data set that is not on disk.
+        loss_fn: ``loss_fn(outputs, targets)``, a batch mean (default: cross-entropy).
+        device: Where to train (default: CUDA when available, else CPU).
+        **options: Fields of :class:`TrainConfig`, instead of ``config`` or replacing its values
+            (``train_network(model="mlp", dataset="digits", epochs=3)`` works as before).
 
     Returns:
         A :class:`TrainResult`.
@@ -271,174 +257,243 @@ def train_network(
         >>> bool(res.history[-1]["train_loss"] < res.history[0]["train_loss"])
         True
     """
-    check_arguments(locals())
-    opt_cls = resolve_optimizer(optimizer)
-    resume_path = find_resume(resume)
-    check_resume_data(resume_path, dataset, subset)
-    out = prepare_folder(checkpoint_dir, resume_path, overwrite, STATS_FILENAME)
-    dev = torch.device(device) if device is not None else None
-    dev = dev or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config is None:
+        config = TrainConfig(**options)
+    elif options:
+        config = replace(config, **options)
+    check_callbacks(callbacks)
+    resume_path = find_resume(config.resume)
+    check_resume_data(resume_path, config.dataset, config.subset)
+    check_partial_epoch(resume_path, config.batch_size)
+    out = prepare_folder(config.checkpoint_dir, resume_path, config.overwrite, STATS_FILENAME)
+    run = _build_run(config, callbacks, loss_fn, device, out)
+    if resume_path is not None:
+        _restore(run, resume_path)
+    _prepare_output(run, resume_path)
+    for hook in _hooks(callbacks, "on_train_start"):
+        hook({**run.meta, "resumed_from": str(resume_path) if resume_path is not None else None})
+    _train_epochs(run)
+    _finish(run)
+    return run.result
 
+
+def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeds third-party code drawing from the legacy state
     random.seed(seed)
-    train_set, test_set = load_data(dataset, test_dataset, data_path, subset, seed, download)
-    input_shape, num_classes = model_shape(dataset, train_set)
-    kwargs_m = dict(model_kwargs or {})
-    if isinstance(model, nn.Module):
-        net = model
-    else:
-        net = build_model(model, input_shape=input_shape, num_classes=num_classes, **kwargs_m)
+
+
+def _build_run(
+    config: TrainConfig,
+    callbacks: Sequence[object],
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
+    device: str | torch.device | None,
+    out: Path | None,
+) -> _Run:
+    """Data, model, optimiser, schedulers and loaders of the run, seeded by ``config.seed``."""
+    c = config
+    dev = torch.device(device) if device is not None else None
+    dev = dev or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _seed_everything(c.seed)
+    train_set, test_set = load_data(c.dataset, c.test_dataset, c.data_path, c.subset, c.seed,
+                                    c.download)  # fmt: skip
+    input_shape, num_classes = model_shape(c.dataset, train_set)
+    net = c.model
+    if not isinstance(net, nn.Module):
+        net = build_model(
+            net, input_shape=input_shape, num_classes=num_classes, **dict(c.model_kwargs or {})
+        )
     net = net.to(dev)
-
-    kwargs_o = resolve_hyperparameters(opt_cls, optimizer_kwargs, lr)
+    opt_cls = resolve_optimizer(c.optimizer)  # type: ignore[arg-type]
+    kwargs_o = resolve_hyperparameters(opt_cls, c.optimizer_kwargs, c.lr)
     opt = build_optimizer(opt_cls, net.parameters(), **kwargs_o)
-    lr0 = float(opt.param_groups[0]["lr"])
     scheduler, swa_sched, swa_start, swa_lr, kwargs_s = build_schedulers(
-        opt, schedule, schedule_kwargs, epochs, swa, swa_start, swa_lr
+        opt, c.schedule, c.schedule_kwargs, c.epochs, c.swa, c.swa_start, c.swa_lr
     )
-    swa_model = AveragedModel(net) if swa else None
+    generator = torch.Generator().manual_seed(c.seed)
+    eval_bs = max(c.batch_size, 256)
+    resolved = {"input_shape": list(input_shape), "num_classes": num_classes,
+                "optimizer_kwargs": kwargs_o, "lr": float(opt.param_groups[0]["lr"]),
+                "schedule_kwargs": kwargs_s, "swa_start": swa_start, "swa_lr": swa_lr}  # fmt: skip
+    meta = _meta(c, opt_cls, resolved)
+    return _Run(
+        config=c, net=net, opt=opt, scheduler=scheduler, swa_sched=swa_sched,
+        swa_model=AveragedModel(net) if c.swa else None, swa_start=swa_start, generator=generator,
+        loader=DataLoader(train_set, batch_size=c.batch_size, shuffle=True, generator=generator),
+        train_eval=DataLoader(train_set, batch_size=eval_bs, shuffle=False),
+        test_loader=DataLoader(test_set, batch_size=eval_bs) if test_set is not None else None,
+        loss=loss_fn if loss_fn is not None else nn.CrossEntropyLoss(), device=dev,
+        meta=meta, out=out, callbacks=callbacks,
+    )  # fmt: skip
 
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
-    eval_bs = max(batch_size, 256)
-    train_eval = DataLoader(train_set, batch_size=eval_bs, shuffle=False)
-    test_loader = DataLoader(test_set, batch_size=eval_bs) if test_set is not None else None
-    loss = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-    meta = plain(
+
+def _meta(c: TrainConfig, opt_cls: type, resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's resolved configuration, as the checkpoints record it (plain values only)."""
+    return plain(
         {
-            "model": model if isinstance(model, str) else type(model).__name__,
-            "model_kwargs": kwargs_m,
-            "input_shape": list(input_shape),
-            "num_classes": num_classes,
-            "dataset": dataset if isinstance(dataset, str) else type(dataset).__name__,
-            "subset": subset,
-            "optimizer": optimizer if isinstance(optimizer, str) else opt_cls.__name__,
-            "optimizer_kwargs": kwargs_o,
-            "lr": lr0,
-            "schedule": schedule,
-            "schedule_kwargs": kwargs_s,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "seed": seed,
-            "swa": swa,
-            "swa_start": swa_start,
-            "swa_lr": swa_lr,
+            "model": c.model if isinstance(c.model, str) else type(c.model).__name__,
+            "model_kwargs": dict(c.model_kwargs or {}),
+            "input_shape": resolved["input_shape"],
+            "num_classes": resolved["num_classes"],
+            "dataset": c.dataset if isinstance(c.dataset, str) else type(c.dataset).__name__,
+            "subset": c.subset,
+            "optimizer": c.optimizer if isinstance(c.optimizer, str) else opt_cls.__name__,
+            "optimizer_kwargs": resolved["optimizer_kwargs"],
+            "lr": resolved["lr"],
+            "schedule": c.schedule,
+            "schedule_kwargs": resolved["schedule_kwargs"],
+            "epochs": c.epochs,
+            "batch_size": c.batch_size,
+            "seed": c.seed,
+            "swa": c.swa,
+            "swa_start": resolved["swa_start"],
+            "swa_lr": resolved["swa_lr"],
         }
     )
 
-    history: list[dict[str, Any]] = []
-    start, step, partial = 0, 0, None
-    if resume_path is not None:
-        ckpt = load_checkpoint(
-            resume_path,
-            model=net,
-            optimizer=opt,
-            scheduler=scheduler,
-            swa_model=swa_model,
-            swa_scheduler=swa_sched,
-            generator=generator,
-            restore_rng=True,
+
+def _warn_if_different(meta: Mapping[str, Any], now: Mapping[str, Any], path: Path) -> None:
+    changed = [k for k in _RESUME_KEYS if k in meta and meta[k] != now.get(k)]
+    if changed:
+        warnings.warn(
+            f"Resuming {str(path)!r} with different {', '.join(changed)}: the run will not "
+            "reproduce an uninterrupted one.",
+            UserWarning,
+            stacklevel=4,
         )
-        _warn_if_different(ckpt["meta"], meta, resume_path)
-        history, start = list(ckpt["history"]), int(ckpt["epoch"])
-        step = int(ckpt["meta"].get("steps", 0))
-        partial = ckpt["meta"].get("partial_epoch")
 
-    if out is not None:  # created only now that every argument has been checked
-        if overwrite and not (
-            resume_path is not None and resume_path.parent.resolve() == out.resolve()
-        ):
-            clear_results(out, STATS_FILENAME)  # the old run's files must not stay "latest"
-        out.mkdir(parents=True, exist_ok=True)
-    result = TrainResult(model=net, optimizer=opt, history=history, output_dir=out)
 
-    def save(done: int, totals: EpochTotals | None = None, state: Tensor | None = None) -> Path:
-        extra: dict[str, Any] = {"steps": step}
-        batch = 0
-        if totals is not None:  # mid-epoch: what continuing the epoch needs
-            batch = totals.batches
-            extra["partial_epoch"] = {
-                **{k: getattr(totals, k) for k in _PARTIAL_KEYS},
-                "generator": state,
-            }
-        path = save_checkpoint(
-            out / checkpoint_name(done, batch), model=net, epoch=done, optimizer=opt,
-            scheduler=scheduler, swa_model=swa_model, swa_scheduler=swa_sched,
-            generator=generator, history=history, meta={**meta, **extra},
-        )  # fmt: skip
-        result.checkpoints.append(path)
-        for gone in prune_checkpoints(out, keep_checkpoints, path):
-            if gone in result.checkpoints:
-                result.checkpoints.remove(gone)
-        return path
+def _restore(run: _Run, path: Path) -> None:
+    """Load the checkpoint into the run: weights, optimiser, schedulers, RNGs, history."""
+    ckpt = load_checkpoint(
+        path, model=run.net, optimizer=run.opt, scheduler=run.scheduler,
+        swa_model=run.swa_model, swa_scheduler=run.swa_sched, generator=run.generator,
+        restore_rng=True,
+    )  # fmt: skip
+    _warn_if_different(ckpt["meta"], run.meta, path)
+    run.result.history.extend(ckpt["history"])
+    run.start = int(ckpt["epoch"])
+    run.step = int(ckpt["meta"].get("steps", 0))
+    run.partial = ckpt["meta"].get("partial_epoch")
 
-    for hook in _hooks(callbacks, "on_train_start"):
-        hook({**meta, "resumed_from": str(resume_path) if resume_path is not None else None})
-    bar = tqdm(range(start, epochs), desc="training", unit="epoch", disable=not progress)
+
+def _prepare_output(run: _Run, resume_path: Path | None) -> None:
+    """Create the output folder now that every argument has been checked."""
+    out = run.out
+    if out is None:
+        return
+    own = resume_path is not None and resume_path.parent.resolve() == out.resolve()
+    if run.config.overwrite and not own:
+        clear_results(out, STATS_FILENAME)  # the old run's files must not stay "latest"
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _save(
+    run: _Run, done: int, totals: EpochTotals | None = None, state: Tensor | None = None
+) -> Path:
+    """Write a checkpoint after ``done`` epochs (and ``totals.batches`` batches mid-epoch)."""
+    assert run.out is not None
+    extra: dict[str, Any] = {"steps": run.step}
+    batch = 0
+    if totals is not None:  # mid-epoch: what continuing the epoch needs
+        batch = totals.batches
+        extra["partial_epoch"] = {**{k: getattr(totals, k) for k in _PARTIAL_KEYS},
+                                  "generator": state}  # fmt: skip
+    path = save_checkpoint(
+        run.out / checkpoint_name(done, batch), model=run.net, epoch=done, optimizer=run.opt,
+        scheduler=run.scheduler, swa_model=run.swa_model, swa_scheduler=run.swa_sched,
+        generator=run.generator, history=run.result.history, meta={**run.meta, **extra},
+    )  # fmt: skip
+    saved = run.result.checkpoints
+    saved.append(path)
+    for gone in prune_checkpoints(run.out, run.config.keep_checkpoints, path):
+        if gone in saved:
+            saved.remove(gone)
+    return path
+
+
+def _train_epochs(run: _Run) -> None:
+    """The epochs from ``run.start`` to ``config.epochs``; SIGINT/SIGTERM stop after a batch."""
+    progress = None if run.config.progress else True  # tqdm: None shows bars on a terminal only
+    bar = tqdm(range(run.start, run.config.epochs), desc="training", unit="epoch", disable=progress)
     with deferred_signals() as request:
         for epoch in bar:
-            t0 = time.perf_counter()
-            totals = None
-            if partial is not None:  # continue the interrupted epoch where it stopped
-                generator.set_state(partial["generator"])
-                totals = EpochTotals(**{k: partial[k] for k in _PARTIAL_KEYS})
-                partial = None
-            loader_state = generator.get_state()
-            lr_used = float(opt.param_groups[0]["lr"])
-            totals, step, _ = run_epoch(
-                net, opt, loader, loss, dev, epoch=epoch + 1, global_step=step,
-                callbacks=callbacks, progress=progress, totals=totals, stop=request.__bool__,
-            )  # fmt: skip
-            totals.seconds += time.perf_counter() - t0
-            t1 = time.perf_counter()
-            if request and totals.batches < len(loader):
-                path = save(epoch, totals, loader_state) if out is not None else None
-                _interrupt(request, path, epoch, totals.batches, callbacks)
-            test_loss, test_acc = (
-                evaluate(net, test_loader, loss, dev) if test_loader is not None else (None, None)
-            )
-            if swa_model is not None and epoch >= swa_start:  # type: ignore[operator]
-                swa_model.update_parameters(net)
-            if swa_sched is not None and epoch + 1 >= swa_start:  # type: ignore[operator]
-                swa_sched.step()
-            else:
-                scheduler.step()
-            row = {
-                "epoch": epoch + 1,
-                "lr": lr_used,
-                "train_loss": totals.loss,
-                "train_acc": totals.accuracy,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "time": totals.seconds + (time.perf_counter() - t1),
-            }
-            history.append(row)
+            totals = _epoch(run, epoch, request)
+            _end_epoch(run, epoch, totals)
             bar.set_postfix(train_loss=f"{totals.loss:.4f}", refresh=False)
-            for hook in _hooks(callbacks, "on_epoch_end"):
-                hook(epoch + 1, dict(row), net, opt)
             done, path = epoch + 1, None
-            if out is not None:
-                write_stats(out / STATS_FILENAME, history)
-                due = checkpoint_every > 0 and done % checkpoint_every == 0
-                if done == epochs or due or request:
-                    path = save(done)
-            if request and done < epochs:
-                _interrupt(request, path, done, 0, callbacks)
+            if run.out is not None:
+                write_stats(run.out / STATS_FILENAME, run.result.history)
+                every = run.config.checkpoint_every
+                due = every > 0 and done % every == 0
+                if done == run.config.epochs or due or request:
+                    path = _save(run, done)
+            if request and done < run.config.epochs:
+                _interrupt(request, path, done, 0, run.callbacks)
     bar.close()
 
+
+def _epoch(run: _Run, epoch: int, request: StopRequest) -> EpochTotals:
+    """Train epoch ``epoch`` (from 0), continuing an interrupted one; stop on a signal."""
+    t0 = time.perf_counter()
+    totals = None
+    if run.partial is not None:  # continue the interrupted epoch where it stopped
+        run.generator.set_state(run.partial["generator"])
+        totals = EpochTotals(**{k: run.partial[k] for k in _PARTIAL_KEYS})
+        run.partial = None
+    loader_state = run.generator.get_state()
+    run.lr_used = float(run.opt.param_groups[0]["lr"])
+    totals, run.step, _ = run_epoch(
+        run.net, run.opt, run.loader, run.loss, run.device, epoch=epoch + 1,
+        global_step=run.step, callbacks=run.callbacks, progress=run.config.progress,
+        totals=totals, stop=request.__bool__,
+    )  # fmt: skip
+    totals.seconds += time.perf_counter() - t0
+    if request and totals.batches < len(run.loader):
+        path = _save(run, epoch, totals, loader_state) if run.out is not None else None
+        _interrupt(request, path, epoch, totals.batches, run.callbacks)
+    return totals
+
+
+def _end_epoch(run: _Run, epoch: int, totals: EpochTotals) -> None:
+    """Evaluate, average (SWA), step the schedule, record the history row, call the hooks."""
+    t1 = time.perf_counter()
+    test_loss, test_acc = (None, None)
+    if run.test_loader is not None:
+        test_loss, test_acc = evaluate(run.net, run.test_loader, run.loss, run.device)
+    if run.swa_model is not None and epoch >= run.swa_start:  # type: ignore[operator]
+        run.swa_model.update_parameters(run.net)
+    if run.swa_sched is not None and epoch + 1 >= run.swa_start:  # type: ignore[operator]
+        run.swa_sched.step()
+    else:
+        run.scheduler.step()
+    row = {
+        "epoch": epoch + 1,
+        "lr": run.lr_used,
+        "train_loss": totals.loss,
+        "train_acc": totals.accuracy,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "time": totals.seconds + (time.perf_counter() - t1),
+    }
+    run.result.history.append(row)
+    for hook in _hooks(run.callbacks, "on_epoch_end"):
+        hook(epoch + 1, dict(row), run.net, run.opt)
+
+
+def _finish(run: _Run) -> None:
+    """Evaluate the SWA average (BatchNorm statistics recomputed) and call ``on_train_end``."""
+    swa_model, result = run.swa_model, run.result
     if swa_model is not None and int(swa_model.n_averaged) > 0:
-        update_bn(train_eval, swa_model, device=dev)
-        loader_eval, prefix = (
-            (test_loader, "test") if test_loader is not None else (train_eval, "train")
-        )
-        swa_loss, swa_acc = evaluate(swa_model, loader_eval, loss, dev)
+        update_bn(run.train_eval, swa_model, device=run.device)
+        loader, prefix = (run.test_loader, "test") if run.test_loader is not None else (
+            run.train_eval, "train")  # fmt: skip
+        swa_loss, swa_acc = evaluate(swa_model, loader, run.loss, run.device)
         result.swa_model = swa_model.module
         result.swa_metrics = {f"{prefix}_loss": swa_loss, f"{prefix}_acc": swa_acc}
-    net.eval()
-    for hook in _hooks(callbacks, "on_train_end"):
+    run.net.eval()
+    for hook in _hooks(run.callbacks, "on_train_end"):
         hook(result)
-    return result
 
 
 def _interrupt(

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 __all__ = [
     "OPTIMIZERS",
     "build_optimizer",
+    "check_hyperparameter_types",
     "default_hyperparameters",
     "differentiates_itself",
     "resolve_hyperparameters",
@@ -175,6 +176,41 @@ def resolve_hyperparameters(
     return {**default_hyperparameters(name), **out}
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, Tensor)) and not isinstance(value, bool)
+
+
+def check_hyperparameter_types(
+    cls: type[torch.optim.Optimizer], kwargs: Mapping[str, Any], prefix: str = ""
+) -> None:
+    """Refuse a non-number where the optimiser's constructor has a number as default.
+
+    Torch's own messages for a string learning rate or momentum (``'<' not supported between
+    instances of 'str' and 'float'``, ``Invalid learning rate: 1``) do not name the type.
+
+    Args:
+        cls: The optimiser class.
+        kwargs: Its keyword arguments.
+        prefix: Put in front of the message (e.g. ``"SGD: "`` or ``"--opt "``).
+
+    Raises:
+        TypeError: Naming the argument, the value and its type.
+
+    Example:
+        >>> check_hyperparameter_types(torch.optim.SGD, {"momentum": "abc"}, prefix="--opt ")
+        Traceback (most recent call last):
+        ...
+        TypeError: --opt momentum: expected a number, got 'abc' (str)
+    """
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in kwargs.items():
+        default = params[key].default if key in params else None
+        if _is_number(default) and not _is_number(value):
+            raise TypeError(
+                f"{prefix}{key}: expected a number, got {value!r} ({type(value).__name__})"
+            )
+
+
 def build_optimizer(
     name: str | type[torch.optim.Optimizer],
     params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -192,7 +228,8 @@ def build_optimizer(
 
     Raises:
         ValueError: Unknown name, or an invalid hyperparameter (the optimiser's own message).
-        TypeError: A keyword argument the optimiser does not take.
+        TypeError: A keyword argument the optimiser does not take, or a non-number where the
+            optimiser expects a number (:func:`check_hyperparameter_types`).
 
     Example:
         >>> opt = build_optimizer("sgd", torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
@@ -200,6 +237,7 @@ def build_optimizer(
         ('SGD', 0.9)
     """
     cls = resolve_optimizer(name)
+    check_hyperparameter_types(cls, kwargs, prefix=f"{cls.__name__}: ")
     try:
         return cls(params, **kwargs)
     except TypeError as err:

@@ -317,3 +317,20 @@ def test_interrupted_run_is_marked_and_resumed_with_the_same_id(wandb_dir):
     assert _summary(later)["interrupted"] is False
     (exit_record,) = _records(later, "exit")
     assert exit_record.exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"curvature": "fisher"}, r"Invalid curvature: 'fisher'; expected one of"),
+        ({"lanczos_steps": 0}, r"Invalid lanczos_steps value: 0 \(must be an int >= 1\)"),
+        ({"bn_mode": "both"}, r"bn_mode must be one of .*got 'both'"),
+        ({"spectrum_every": 0}, r"spectrum_every must be an int >= 1 \(epochs\); got 0"),
+        ({"eos_threshold": -1.0}, r"eos_threshold must be a positive finite number; got -1.0"),
+    ],
+)
+def test_bad_settings_raise_in_the_constructor_before_wandb_starts(wandb_dir, kwargs, match):
+    settings = {"spectrum_every": 1, "spectrum_data": [(torch.zeros(1, 2), torch.zeros(1))]}
+    with pytest.raises(ValueError, match=match):
+        WandbLogger(mode="offline", **{**settings, **kwargs})
+    assert not (wandb_dir / "wandb").exists()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -282,8 +286,8 @@ def _ctrl_c_then_resume(tmp_path, monkeypatch, capsys, training):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     real = training.train_network
 
-    def with_ctrl_c(**kwargs):
-        return real(**{**kwargs, "callbacks": [*kwargs["callbacks"], _SignalAt(5, 1)]})
+    def with_ctrl_c(config, **kwargs):
+        return real(config, **{**kwargs, "callbacks": [*kwargs["callbacks"], _SignalAt(5, 1)]})
 
     out = tmp_path / "run"
     argv = ["train", "--subset", "200", "--batch-size", "50", "--wandb", "offline"]
@@ -349,3 +353,154 @@ def test_resume_with_other_data_is_refused_before_anything_is_written(tmp_path, 
         in err[0]
     )
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "needles"),
+    [
+        (["--schedule", "stepwise"], ["stepwise", "linear"]),
+        (["--spectrum-every", "0"], ["--spectrum-every", "got 0"]),
+        (
+            ["--spectrum-every", "1", "--spectrum-steps", "0"],
+            ["--spectrum-steps:", "lanczos_steps value: 0"],
+        ),
+        (["--opt", "momentum=abc"], ["--opt momentum: expected a number, got 'abc' (str)"]),
+        (["--opt", "lr='1'"], ["--opt lr: expected a number, got \"'1'\" (str)"]),
+        (["--batch-size", "0"], ["batch_size must be an int >= 1; got 0"]),
+        (["--model", "resnet9000"], ["resnet9000", "mlp"]),
+        (["--swa", "--swa-start", "5", "--epochs", "2"], ["swa_start", "5"]),
+    ],
+)
+def test_every_argument_is_checked_before_wandb_or_any_file(
+    bad, needles, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    out = tmp_path / "run"
+    argv = ["train", "--subset", "32", "--epochs", "1", "--wandb", "offline", "--out", str(out)]
+    assert main([*argv, *bad]) == 2
+    _one_line_error(capsys, *needles)
+    assert not out.exists()
+    assert not (tmp_path / "wb").exists()
+
+
+def _train_then_sigterm(argv, monkeypatch, capsys, at):
+    """Run ``lanczos-optim train`` with a SIGTERM sent at ``at`` = (epoch, batch)."""
+    import signal
+
+    import diagnostics.training.harness as training
+
+    real = training.train_network
+
+    class _Term:
+        def on_step(self, step) -> None:
+            if (step.epoch, step.batch) == at:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def with_sigterm(config, **kwargs):
+        return real(config, **{**kwargs, "callbacks": [*kwargs["callbacks"], _Term()]})
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    monkeypatch.setattr(training, "train_network", with_sigterm)
+    try:
+        assert main(argv) == 128 + signal.SIGTERM
+    finally:
+        monkeypatch.setattr(training, "train_network", real)
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "continue with --resume " in err
+    return err.split("continue with ")[1].split()  # the printed command's options
+
+
+def _rows(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "stats.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+def test_the_printed_continue_command_works_verbatim_and_is_bit_exact(
+    tmp_path, monkeypatch, capsys
+):
+    from diagnostics.training.checkpoint import latest_checkpoint, read_checkpoint
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run = ["train", "--optimizer", "lanczos_newton", "--opt", "lanczos_steps=3", "--opt",
+           "damping=0.5", "--lr", "0.5", "--subset", "96", "--batch-size", "32", "--epochs", "3",
+           "--seed", "4", "--schedule", "cosine", "--quiet"]  # fmt: skip
+    assert main([*run, "--out", str(tmp_path / "whole")]) == 0
+    printed = _train_then_sigterm([*run, "--out", str(tmp_path / "cut")], monkeypatch, capsys,
+                                  at=(2, 1))  # fmt: skip
+    assert printed == ["--resume", str(tmp_path / "cut")]
+    assert main(["train", *printed]) == 0  # verbatim: optimiser, its options, data, ... restored
+    assert _rows(tmp_path / "cut") == _rows(tmp_path / "whole")
+    whole = read_checkpoint(latest_checkpoint(tmp_path / "whole"))
+    cut = read_checkpoint(latest_checkpoint(tmp_path / "cut"))
+    for key, value in whole["model"].items():
+        assert torch.equal(value, cut["model"][key]), key
+    assert cut["meta"]["optimizer_kwargs"] == whole["meta"]["optimizer_kwargs"]
+
+
+def test_resume_refuses_unsafe_options_in_one_line_and_extends_epochs(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    run = ["train", "--subset", "96", "--batch-size", "32", "--epochs", "2", "--quiet"]
+    _train_then_sigterm([*run, "--out", str(out)], monkeypatch, capsys, at=(2, 0))
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    for bad, needles in (
+        (["--batch-size", "16"], ["--batch-size 16", "trained with 32"]),
+        (["--model", "small_cnn"], ["--model 'small_cnn'", "trained with 'mlp'"]),
+        (["--optimizer", "adam"], ["--optimizer 'adam'", "trained with 'sgd'"]),
+        (["--opt", "momentum=0.5"], ["--opt momentum=0.5", "momentum=0.9"]),
+        (["--lr", "0.1"], ["--lr lr=0.1", "lr=0.05"]),
+        (["--seed", "1"], ["--seed 1", "trained with 0"]),
+    ):
+        assert main(["train", "--resume", str(out), *bad]) == 2, bad
+        _one_line_error(capsys, *needles)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    same = ["--batch-size", "32", "--optimizer", "SGD", "--lr", "0.05", "--epochs", "3"]
+    with pytest.warns(UserWarning, match="different epochs"):  # a longer schedule
+        assert main(["train", "--resume", str(out), *same]) == 0
+    assert [row["epoch"] for row in _rows(out)] == [1, 2, 3]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_train_bars_only_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatch):
+    argv = ["train", "--subset", "32", "--epochs", "1", "--wandb", "disabled"]
+    for extra, stream, shown in (
+        ([], _Terminal(), True),
+        (["--quiet"], _Terminal(), False),
+        ([], io.StringIO(), False),
+    ):
+        monkeypatch.setattr(sys, "stderr", stream)
+        out = tmp_path / f"run{len(stream.getvalue())}{extra}"
+        assert main([*argv, *extra, "--out", str(out), "--overwrite"]) == 0
+        assert ("training" in stream.getvalue()) is shown, (extra, stream.getvalue())
+
+
+def test_demo_passes_quiet(monkeypatch):
+    import diagnostics.cli.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kwargs: seen.update(kwargs))
+    assert main(["demo", "--quiet", "--quick"]) == 0
+    assert seen["quiet"] is True
+
+
+def test_a_blank_wandb_mode_counts_as_unset_and_wandb_warns_of_no_git_root(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "", "HOME": str(tmp_path)}
+    env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_DIR", None)
+    argv = ["train", "--subset", "32", "--epochs", "1", "--out", "runC"]
+    code = "import sys; from diagnostics.cli.app import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "validation error" not in proc.stderr
+    assert "git root" not in proc.stderr + proc.stdout
+    assert len(list((tmp_path / "runC" / "wandb").glob("offline-run-*"))) == 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -275,11 +277,20 @@ def test_existing_results_and_foreign_checkpoints_are_left_untouched(tmp_path: P
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
 
 
-def test_progress_bars_and_optimizer_helpers(
-    capsys: pytest.CaptureFixture[str], digits: tuple
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_a_terminal_and_optimizer_helpers(
+    monkeypatch: pytest.MonkeyPatch, digits: tuple
 ) -> None:
-    train_network(model="mlp", dataset=digits[0], epochs=1, batch_size=48, progress=True)
-    assert "training" in capsys.readouterr().err
+    for stream, shown in ((_Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        train_network(model="mlp", dataset=digits[0], epochs=1, batch_size=48, progress=True)
+        assert ("training" in stream.getvalue()) is shown
+        assert ("epoch 1" in stream.getvalue()) is shown
+    monkeypatch.undo()
     opt = build_optimizer("SGD", nn.Linear(2, 2).parameters(), lr=0.1)
     assert not differentiates_itself(opt)
     opt.differentiates_closure = True  # explicit opt-in of a third-party optimiser
@@ -532,3 +543,57 @@ def test_a_failing_interrupt_hook_does_not_hide_the_interruption(
             checkpoint_dir=tmp_path, callbacks=[spy], progress=False,
         )  # fmt: skip
     assert latest_checkpoint(tmp_path).name == "checkpoint-00000-b00002.pt"
+
+
+def test_a_train_config_is_checked_once_when_built_and_accepted_whole(tmp_path: Path) -> None:
+    from diagnostics import TrainConfig as Exported
+    from diagnostics.training import TrainConfig
+
+    assert Exported is TrainConfig
+    for kwargs, match in (
+        ({"epochs": 0}, "epochs must be an int >= 1; got 0"),
+        ({"schedule": "step"}, "Unknown schedule 'step'"),
+        ({"batch_size": 0}, "batch_size must be an int >= 1; got 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kwargs)
+    config = TrainConfig(dataset="digits", subset=64, epochs=1, batch_size=32, progress=False)
+    a = train_network(config)
+    b = train_network(config, epochs=2)  # keyword options replace the config's fields
+    c = train_network(dataset="digits", subset=64, epochs=1, batch_size=32, progress=False)
+    assert [r["epoch"] for r in b.history] == [1, 2]
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"] == c.history[0]["train_loss"]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'"):
+        train_network(config, epoch=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"momentum": "abc"}, r"SGD: momentum: expected a number, got 'abc' \(str\)"),
+        ({"lr": "1"}, r"SGD: lr: expected a number, got '1' \(str\)"),
+    ],
+)
+def test_a_hyperparameter_of_the_wrong_type_is_named_with_its_type(kwargs, match) -> None:
+    from diagnostics.training import TrainConfig
+
+    with pytest.raises(TypeError, match=match):
+        TrainConfig(optimizer_kwargs=kwargs)
+    with pytest.raises(TypeError, match=match):
+        build_optimizer("sgd", nn.Linear(2, 2).parameters(), **kwargs)
+
+
+@pytest.mark.usefixtures("default_signals")
+def test_an_interrupted_epoch_is_not_continued_with_another_batch_size(
+    tmp_path: Path, digits: tuple
+) -> None:
+    common = {"dataset": "digits", "subset": 96, "epochs": 2, "progress": False}
+    stop = _Signal(signal.SIGINT, epoch=1, batch=4)
+    with pytest.raises(TrainingInterrupted):
+        train_network(batch_size=16, checkpoint_dir=tmp_path, callbacks=[stop], **common)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(
+        ValueError, match=r"stopped after 5 batches of 16; resume with batch_size 16"
+    ):
+        train_network(batch_size=32, resume=tmp_path, **common)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
