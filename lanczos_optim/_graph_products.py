@@ -20,6 +20,18 @@ class BatchedProduct:
     :meth:`many` runs one vmapped backward pass (``is_grads_batched=True``) for all columns;
     if an operation of the graph has no batching rule, it falls back to one pass per column
     (and stays there).
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import hessian_product
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> w = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+        >>> _, product = hessian_product(0.5 * w @ A @ w, [w])  # a quadratic: H = A
+        >>> columns = [[e] for e in torch.eye(2, dtype=torch.float64)]
+        >>> [hv[0].tolist() for hv in product.many(columns)]  # one pass: the columns of A
+        [[2.0, 1.0], [1.0, 3.0]]
+        >>> product(columns[1])[0].tolist(), product.vmapped
+        ([1.0, 3.0], True)
     """
 
     def __init__(self, apply: Callable[[Sequence[Tensor], int | None], list[Tensor]]) -> None:
@@ -52,7 +64,23 @@ def _fill(
 
 
 def check_scalar_loss(loss: object) -> Tensor:
-    """Return ``loss`` if it is a 0-dim floating tensor, else raise naming what was received."""
+    """Return ``loss`` if it is a 0-dim floating tensor, else raise naming what was received.
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import check_scalar_loss
+        >>> check_scalar_loss(torch.tensor(1.5, dtype=torch.float64))
+        tensor(1.5000, dtype=torch.float64)
+        >>> check_scalar_loss(torch.ones(3, dtype=torch.float64))
+        Traceback (most recent call last):
+        ...
+        ValueError: The loss must be a scalar (0-dim) tensor; got shape (3,).
+        Use reduction='mean' or 'sum'.
+        >>> check_scalar_loss(1.5)
+        Traceback (most recent call last):
+        ...
+        TypeError: The loss must be a scalar tensor; got float.
+    """
     if not isinstance(loss, Tensor):
         raise TypeError(f"The loss must be a scalar tensor; got {type(loss).__name__}.")
     if loss.ndim != 0:
@@ -72,6 +100,22 @@ def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor
     Returns:
         The detached gradient (one tensor per parameter, zeros for unused ones) and the
         Hessian-vector product on lists of parameter-shaped tensors.
+
+    Example:
+        Least squares, :math:`L(w) = \frac{1}{n} \lVert X w - y \rVert^2` with
+        :math:`\nabla L = \frac{2}{n} X^\top (X w - y)` and :math:`H = \frac{2}{n} X^\top X`:
+
+        >>> import torch
+        >>> from lanczos_optim import hessian_product
+        >>> X = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
+        >>> y = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+        >>> w = torch.tensor([0.5, -0.5], dtype=torch.float64, requires_grad=True)
+        >>> grad, hvp = hessian_product(((X @ w - y) ** 2).mean(), [w])
+        >>> v = torch.tensor([1.0, -2.0], dtype=torch.float64)
+        >>> bool(torch.allclose(hvp([v])[0], (2 * X.T @ X / 3) @ v))
+        True
+        >>> bool(torch.allclose(grad[0], 2 * X.T @ (X @ w.detach() - y) / 3))
+        True
     """
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -109,6 +153,25 @@ def ggn_product(
     of ``loss`` with respect to ``outputs`` (by autograd unless ``output_hessian`` is given).
     :math:`J v` uses the double-backward trick: :math:`J^T u` is linear in a dummy :math:`u`, and
     differentiating it with respect to :math:`u` gives :math:`J v`.
+
+    Example:
+        Least squares with outputs :math:`f = X w`: :math:`J = X`, :math:`H_l = \frac{2}{n} I`,
+        so :math:`G = \frac{2}{n} X^\top X`, the Hessian (the model is linear):
+
+        >>> import torch
+        >>> from lanczos_optim import ggn_product
+        >>> X = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
+        >>> y = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+        >>> w = torch.tensor([0.5, -0.5], dtype=torch.float64, requires_grad=True)
+        >>> outputs = X @ w
+        >>> loss = torch.nn.functional.mse_loss(outputs, y)
+        >>> _, gvp = ggn_product(loss, outputs, [w])
+        >>> v = torch.tensor([1.0, -2.0], dtype=torch.float64)
+        >>> bool(torch.allclose(gvp([v])[0], (2 * X.T @ X / 3) @ v))
+        True
+        >>> _, closed = ggn_product(loss, outputs, [w], output_hessian=lambda u: 2 * u / 3)
+        >>> bool(torch.allclose(closed([v])[0], gvp([v])[0]))  # H_l given in closed form
+        True
     """
     if not isinstance(outputs, Tensor) or not outputs.requires_grad:
         raise ValueError(

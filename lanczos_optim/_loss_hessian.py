@@ -27,6 +27,20 @@ def output_hessian_product(
 
     Closed forms for ``nn.CrossEntropyLoss`` (softmax Hessian, label smoothing included) and
     ``nn.MSELoss``; autograd (double backward) for any other loss.
+
+    Example:
+        Cross-entropy of one sample's logits :math:`z`: :math:`H_l = \operatorname{diag}(p) -
+        p p^\top` with :math:`p = \operatorname{softmax}(z)`:
+
+        >>> import torch
+        >>> from lanczos_optim import output_hessian_product
+        >>> logits = torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64)
+        >>> loss_fn = torch.nn.CrossEntropyLoss()
+        >>> h_l = output_hessian_product(loss_fn, logits, torch.tensor([1]))
+        >>> p = torch.softmax(logits[0], dim=0)
+        >>> u = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+        >>> bool(torch.allclose(h_l(u[None])[0], (torch.diag(p) - torch.outer(p, p)) @ u))
+        True
     """
     outputs = outputs.detach()
     if _is_plain_cross_entropy(loss_fn, outputs, targets):

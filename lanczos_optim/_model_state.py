@@ -14,7 +14,17 @@ _BN_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def check_bn_mode(bn_mode: object) -> str:
-    """Return ``bn_mode`` if it is known, else raise a ValueError naming the allowed values."""
+    """Return ``bn_mode`` if it is known, else raise a ValueError naming the allowed values.
+
+    Example:
+        >>> from lanczos_optim import check_bn_mode
+        >>> check_bn_mode("train")
+        'train'
+        >>> check_bn_mode("bogus")
+        Traceback (most recent call last):
+        ...
+        ValueError: bn_mode must be one of ('eval', 'train'); got 'bogus'.
+    """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}.")
     return bn_mode  # type: ignore[return-value]
@@ -47,6 +57,20 @@ def curvature_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
     module's ``training`` flag is exactly as before when the block exits, also on an exception.
     Buffers whose values did not change are not written back, so they keep their autograd
     version counters and graphs that saved them (BatchNorm in eval mode) stay usable.
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import curvature_mode
+        >>> model = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Dropout(0.5)).double()
+        >>> x = torch.tensor([[1.0, 2.0], [3.0, 5.0]], dtype=torch.float64)
+        >>> with curvature_mode(model, "train"):  # batch statistics, dropout off
+        ...     _ = model(x)  # updates the running statistics
+        ...     [m.training for m in model]
+        [True, False]
+        >>> [m.training for m in model]  # flags and buffers restored
+        [True, True]
+        >>> model[0].running_mean.tolist(), int(model[0].num_batches_tracked)
+        ([0.0, 0.0], 0)
     """
     check_bn_mode(bn_mode)
     flags = [(m, m.training) for m in model.modules()]

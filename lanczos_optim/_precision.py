@@ -13,7 +13,17 @@ PRECISIONS = ("highest", "tf32", "bf16")
 
 
 def check_precision(precision: object) -> str:
-    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ``ValueError``."""
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ``ValueError``.
+
+    Example:
+        >>> from lanczos_optim import check_precision
+        >>> check_precision("tf32")
+        'tf32'
+        >>> check_precision("fp16")
+        Traceback (most recent call last):
+        ...
+        ValueError: precision must be one of ('highest', 'tf32', 'bf16'); got 'fp16'.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
     return precision  # type: ignore[return-value]

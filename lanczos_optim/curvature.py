@@ -22,7 +22,9 @@ parameter-shaped list, ``product.many(columns)`` several in one vmapped backward
 (``bn_mode`` ``"eval"`` or ``"train"``, see :func:`check_bn_mode`) and restores its flags and
 buffers bitwise; :func:`check_data` accepts one ``(inputs, targets)`` batch or a re-iterable of
 them, :func:`iterate_batches` moves them to a device and dtype, :func:`select_params` picks the
-parameters to differentiate. :data:`LossFn` is the loss type ``loss_fn(outputs, targets)``.
+parameters to differentiate. :data:`LossFn` is the loss type ``loss_fn(outputs, targets)``
+returning a scalar, ``Callable[[Tensor, Tensor], Tensor]`` (a type alias: it has no docstring of
+its own, so it is described here).
 
 **Data-set operators.** :func:`curvature_operator` maps a name of :data:`CURVATURES` to
 :class:`~lanczos_optim.HessianOperator` or :class:`~lanczos_optim.GGNOperator`.

@@ -35,6 +35,23 @@ def check_data(data: object) -> Sequence[Batch] | Iterable[Batch]:
     Raises:
         TypeError: If ``data`` is neither, or is a one-shot iterator.
         ValueError: If ``data`` is an empty list or tuple.
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import check_data
+        >>> x, y = torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+        >>> len(check_data((x, y))), len(check_data([(x, y), (x, y)]))  # one batch: a list
+        (1, 2)
+        >>> check_data(x)
+        Traceback (most recent call last):
+        ...
+        TypeError: data must be one (inputs, targets) batch or an iterable of such batches
+        (e.g. a DataLoader); got Tensor.
+        >>> check_data(iter([(x, y)]))
+        Traceback (most recent call last):
+        ...
+        TypeError: data must be re-iterable (a list of batches or a DataLoader), since every
+        product passes over it again; got a one-shot list_iterator.
     """
     if _is_batch(data):
         return [tuple(data)]  # type: ignore[list-item]
@@ -62,6 +79,15 @@ def iterate_batches(
 
     Raises:
         TypeError: If a batch is not an ``(inputs, targets)`` pair of tensors.
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import iterate_batches
+        >>> x, y = torch.ones(3, 2, dtype=torch.float32), torch.tensor([0, 1, 1])
+        >>> data = [(x, y), (x[:0], y[:0])]  # the second batch is empty
+        >>> cpu = torch.device("cpu")
+        >>> [(xb.dtype, yb.dtype, n) for xb, yb, n in iterate_batches(data, cpu, torch.float64)]
+        [(torch.float64, torch.int64, 3)]
     """
     for i, batch in enumerate(data):
         if not _is_batch(batch):
@@ -84,7 +110,21 @@ def iterate_batches(
 def select_params(
     model: nn.Module, params: Iterable[Tensor] | None
 ) -> tuple[list[Tensor], list[str]]:
-    """Return the chosen parameters and their names in ``model`` (default: all trainable)."""
+    """Return the chosen parameters and their names in ``model`` (default: all trainable).
+
+    Example:
+        >>> import torch
+        >>> from lanczos_optim import select_params
+        >>> model = torch.nn.Linear(2, 1).double()
+        >>> model.bias.requires_grad = False
+        >>> params, names = select_params(model, None)  # the frozen bias is skipped
+        >>> names, params[0] is model.weight
+        (['weight'], True)
+        >>> select_params(model, [model.bias])
+        Traceback (most recent call last):
+        ...
+        ValueError: params[0] (bias) does not require grad.
+    """
     named = {id(p): n for n, p in model.named_parameters()}
     chosen = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
     if not chosen:
