@@ -10,7 +10,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lanczos_optim._graph_products import Product
 
-CachedBatches = list[tuple[Product, int]]
+#: Per batch: its product (``None`` for a batch of weight 0), size and weight.
+CachedBatches = list[tuple[Product | None, int, Tensor | float]]
 
 #: How a kept graph is checked before each product: ``"fast"`` compares tensor identity,
 #: autograd version counters and storage, plus checksums of the model's buffers (BatchNorm

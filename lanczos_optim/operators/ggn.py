@@ -42,6 +42,16 @@ class GGNOperator(CurvatureOperator):
         bn_mode: ``"eval"`` or ``"train"`` BatchNorm statistics; buffers never change.
         distributed: Sum over ``torch.distributed`` ranks (default: when initialised).
         cache_graphs: Keep each batch's graph between products (default: for a single batch).
+        reduction: ``"mean"`` or ``"sum"`` for a loss that states no reduction (a lambda);
+            ``None`` reads it from the loss or checks it on the first batch.
+        outputs: Picks the tensor the loss takes from dict/tuple model outputs (a key, an
+            index or a function; default: a mapping's ``"logits"``).
+        check_deterministic: Refuse data that differ between passes (shuffled loaders, random
+            augmentation); see :class:`~lanczos_optim.operators._base.CurvatureOperator`.
+
+    The other keywords, how batches are weighted (class weights and ``ignore_index``
+    included), and what is refused and why, are described in
+    :class:`~lanczos_optim.operators._base.CurvatureOperator`.
 
     Example:
         >>> import torch
