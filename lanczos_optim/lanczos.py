@@ -12,6 +12,7 @@ from torch import Tensor
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._convergence import STOP_ON, ResidualTest
 from lanczos_optim._linear_operator import as_matvec
+from lanczos_optim._symmetry import SymmetryCheck
 
 __all__ = ["LanczosResult", "lanczos"]
 
@@ -230,6 +231,7 @@ def lanczos(
     breakdown = False
     beta_prev = 0.0
     v_prev = v
+    symmetry = SymmetryCheck(op.dtype, basis_dtype)  # free: one dot product per step
     for j in range(num_steps):
         basis.append(v)
         w = op.matvec(v)
@@ -239,6 +241,7 @@ def lanczos(
         alpha = float(torch.dot(v, w))
         w = w - alpha * v
         if j > 0:
+            symmetry.compare(float(torch.dot(v_prev, w)), beta_prev, anorm, j)
             w = w - beta_prev * v_prev
         if reorthogonalize:
             w = basis.project_out(w)
