@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -152,3 +153,45 @@ def detect_reduction(
         return "mean" if is_mean else "sum"
     what = "both the mean and" if is_mean else "neither the mean nor"
     raise ValueError(f"{hint}: its value on a batch is {what} the sum of its halves' values.")
+
+
+class BatchWeights:
+    r"""The normalisers :math:`W_b` of the batches of one pass over data (for the diagnostics).
+
+    A loss that states no reduction is checked with :func:`detect_reduction` on the first batch
+    of multi-batch data, on outputs computed under ``no_grad`` (one extra forward).
+
+    Args:
+        loss_fn: The loss.
+        reduction: ``None``, ``"mean"`` or ``"sum"`` (see :func:`resolve_reduction`).
+        data: The data (a list or tuple of one batch needs no reduction).
+        dtype: The dtype of the computation (sets the check's tolerance).
+        mean_only: Name of a caller that needs batch means: a sum is refused.
+    """
+
+    def __init__(
+        self,
+        loss_fn: object,
+        reduction: object,
+        data: object,
+        dtype: torch.dtype,
+        mean_only: str | None = None,
+    ) -> None:
+        self.loss_fn, self.dtype, self.mean_only = loss_fn, dtype, mean_only
+        self.single = isinstance(data, (list, tuple)) and len(data) == 1
+        self.reduction = self._checked(resolve_reduction(loss_fn, reduction))
+
+    def _checked(self, red: LossReduction) -> LossReduction:
+        if self.mean_only and red.reduction == "sum":
+            raise ValueError(f"{self.mean_only} compares batch-mean losses; got reduction='sum'.")
+        return red
+
+    def __call__(self, outputs: Callable[[], object], targets: object, n: int) -> Tensor | float:
+        """:math:`W_b` of a batch of ``n`` samples; ``outputs()`` gives its outputs if needed."""
+        if self.reduction.reduction is None:
+            if self.single:
+                return float(n)
+            with torch.no_grad():
+                found = detect_reduction(self.loss_fn, outputs(), targets, self.dtype)
+            self.reduction = self._checked(resolve_reduction(self.loss_fn, found))
+        return self.reduction.batch_weight(targets, n)

@@ -160,6 +160,19 @@ def _backpack_culprit(exc: BaseException, net: nn.Module, loss_fn: object) -> st
     return found or ("a module" if isinstance(exc, NotImplementedError) else None)
 
 
+class _IgnoredTargets(NotImplementedError):
+    """Targets equal to ``ignore_index``: BackPACK's cross-entropy counts them (wrong)."""
+
+
+def _check_no_ignored_targets(loss_fn: object, targets: object) -> None:
+    index = getattr(loss_fn, "ignore_index", None)
+    ignores = isinstance(index, int) and isinstance(targets, Tensor)
+    if ignores and not targets.is_floating_point() and bool((targets == index).any()):
+        raise _IgnoredTargets(
+            f"targets equal to ignore_index={index}, which BackPACK does not ignore"
+        )
+
+
 def _backpack_diagonal(
     net: nn.Module,
     loss_fn: nn.Module,
@@ -183,6 +196,7 @@ def _backpack_diagonal(
             torch.manual_seed(seed)
         for x, y, n in iterate_batches(data, params[0].device, params[0].dtype):
             bar.update()
+            _check_no_ignored_targets(loss_fn, y)
             with backpack(ext):
                 loss_fn(net(x), y).backward()
             parts = [getattr(p, field, torch.zeros_like(p)).reshape(-1) for p in params]
@@ -290,7 +304,11 @@ def diagonal_approximations(
                     )
                 continue
             except Exception as exc:
-                culprit = _backpack_culprit(exc, net, bp_loss)
+                culprit = (
+                    "loss_fn (ignore_index)"
+                    if isinstance(exc, _IgnoredTargets)
+                    else _backpack_culprit(exc, net, bp_loss)
+                )
                 if culprit is None:
                     raise
                 refused, detail = [f"{culprit}: {type(exc).__name__} in BackPACK"], str(exc)

@@ -225,13 +225,19 @@ def compute_eigenspectrum(
     tol: float | None = None,
     cache_graphs: bool | None = None,
     progress: bool = False,
+    reduction: str | None = None,
+    outputs: object = None,
+    check_deterministic: bool = True,
 ) -> Spectrum:
     r"""Estimate the spectrum of the Hessian or GGN of a model's loss by Lanczos quadrature.
 
     Each of ``num_probes`` Gaussian probes runs ``lanczos_steps`` Lanczos steps with full
     reorthogonalisation on the full-data curvature operator, whose products weight batch
-    :math:`b` by :math:`|b|/N`. The Ritz values and weights of all probes form the combined
-    measure of :class:`Spectrum`. The model, its buffers and its gradients are left untouched.
+    :math:`b` by its share of the loss's normaliser (:math:`|b|/N`, or its class weights and
+    non-ignored targets for a weighted cross-entropy; see
+    :class:`~lanczos_optim.HessianOperator`). The Ritz values and weights of all probes form the
+    combined measure of :class:`Spectrum`. The model, its buffers and its gradients are left
+    untouched.
 
     Args:
         model: The network.
@@ -254,6 +260,12 @@ def compute_eigenspectrum(
             the memory of all the batches' graphs. Default: only when ``data`` is one batch.
         progress: Show a progress bar of the Lanczos steps of all probes on stderr (only when
             it is a terminal).
+        reduction: ``"mean"`` or ``"sum"`` for a loss that states no reduction (a lambda);
+            ``None`` reads it from the loss or checks it (see the operators).
+        outputs: Picks the tensor the loss takes from dict/tuple model outputs (a key, an
+            index or a function; default: a mapping's ``"logits"``).
+        check_deterministic: Refuse data that differ between passes (a shuffled DataLoader,
+            random augmentation): every Lanczos step is one pass over ``data``.
 
     Returns:
         A :class:`Spectrum`.
@@ -279,7 +291,17 @@ def compute_eigenspectrum(
     probes = _check_int("num_probes", num_probes, 1)
     seed_value = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
     cls = HessianOperator if curvature == "hessian" else GGNOperator
-    op = cls(model, loss_fn, data, params=params, bn_mode=bn_mode, cache_graphs=cache_graphs)
+    op = cls(
+        model,
+        loss_fn,
+        data,
+        params=params,
+        bn_mode=bn_mode,
+        cache_graphs=cache_graphs,
+        reduction=reduction,
+        outputs=outputs,  # type: ignore[arg-type]
+        check_deterministic=check_deterministic,
+    )
     dim = op.shape[0]
     if steps > dim:
         raise ValueError(

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from diagnostics._progress import progress_bar
 from lanczos_optim._graph_products import check_scalar_loss, ggn_product, hessian_product
 from lanczos_optim._loss_hessian import output_hessian_product
+from lanczos_optim._loss_weights import BatchWeights
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.operators._base import LossFn, check_data, iterate_batches, select_params
@@ -155,6 +156,7 @@ def loss_statistics(
     seed: int | None = None,
     params: Iterable[Tensor] | None = None,
     progress: bool = False,
+    reduction: str | None = None,
 ) -> LossStatistics:
     r"""Loss, gradient and curvature statistics over the mini-batches of ``data``.
 
@@ -180,6 +182,11 @@ def loss_statistics(
         seed: Seed of the probes (``None``: fresh randomness).
         params: Parameters to use (default: all trainable parameters).
         progress: Show a progress bar of the batches on stderr (only when it is a terminal).
+        reduction: ``"mean"`` for a loss that states no reduction (a lambda); ``None`` reads
+            it from the loss or checks it on the first batch. Batch :math:`b` weighs
+            :math:`w_b = W_b / W`, its share of the loss's normaliser: :math:`|b|/N`, or the
+            class weights of its non-ignored targets for a weighted cross-entropy, so that
+            :math:`\bar\ell` and :math:`\bar g` are the loss and gradient of the whole data.
 
     Returns:
         A :class:`LossStatistics`.
@@ -203,11 +210,10 @@ def loss_statistics(
             raise ValueError(f"curvature must be a subset of {CURVATURES}; got {c!r}.")
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"num_probes must be a positive int; got {num_probes!r}.")
-    if getattr(loss_fn, "reduction", "mean") == "sum":
-        raise ValueError("loss_statistics compares batch-mean losses; got reduction='sum'.")
     data = check_data(data)
     chosen, names = select_params(model, params)
     dtype, device = chosen[0].dtype, chosen[0].device
+    weights = BatchWeights(loss_fn, reduction, data, dtype, mean_only="loss_statistics")
     dim = sum(p.numel() for p in chosen)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     probes = torch.randn(num_probes, dim, generator=gen, dtype=torch.float64, device="cpu")
@@ -216,23 +222,28 @@ def loss_statistics(
 
     loss_m, grad_m = _WeightedMoments(), _WeightedMoments()
     curv_m = {c: [_WeightedMoments() for _ in range(num_probes)] for c in curvature}
-    num_batches = 0
+    num_batches = num_samples = 0
     total = len(data) if hasattr(data, "__len__") else None
     bar = progress_bar(total, "statistics", enabled=progress, unit="batch")
     with bar, torch.enable_grad(), curvature_mode(model, bn_mode):
         for x, y, n in iterate_batches(data, device, dtype):
             bar.update()
+            num_batches, num_samples = num_batches + 1, num_samples + n
+            w = float(weights(lambda x=x: model(x), y, n))
+            if w == 0.0:  # every target ignored: the batch has no loss (0/0)
+                continue
             loss, grad, prods = _curvature_products(
                 model, loss_fn, x, y, chosen, probe_lists, curvature
             )
-            loss_m.add(loss, n)
-            grad_m.add(grad, n)
+            loss_m.add(loss, w)
+            grad_m.add(grad, w)
             for c, vecs in prods.items():
                 for acc, v in zip(curv_m[c], vecs, strict=True):
-                    acc.add(v, n)
-            num_batches += 1
+                    acc.add(v, w)
     if num_batches == 0:
         raise ValueError("data is empty: it yielded no samples.")
+    if loss_m.mean is None:
+        raise ValueError("Every target of data is ignore_index (or of class weight 0).")
 
     with torch.no_grad():
         flat = [p.detach().to(torch.float64).reshape(-1) for p in chosen]
@@ -240,7 +251,7 @@ def loss_statistics(
         l2 = {n: float(f.norm()) for n, f in pairs}
         linf = {n: float(f.abs().max()) if f.numel() else 0.0 for n, f in pairs}
     stats = LossStatistics(
-        num_samples=round(loss_m.weight),
+        num_samples=num_samples,
         num_batches=num_batches,
         loss_mean=float(loss_m.mean),
         loss_var=loss_m.variance(),
