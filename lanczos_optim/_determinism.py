@@ -12,7 +12,7 @@ gives a different matrix on every pass. Two checks, both cheap:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -38,13 +38,14 @@ def check_loader(data: object) -> None:
         )
 
 
-def _tensors(obj: object) -> list[Tensor]:
+def tensors_of(obj: object) -> list[Tensor]:
+    """The tensors in ``obj``: a tensor, or a dict, tuple or list of them (nested)."""
     if isinstance(obj, Tensor):
         return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in tensors_of(v)]
     if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _tensors(v)]
+        return [t for v in obj for t in tensors_of(v)]
     return []
 
 
@@ -59,7 +60,7 @@ def _sums(t: Tensor) -> Tensor:
 
 def fingerprint(*objs: object) -> Tensor:
     """Float64 sums and position-weighted sums of every tensor in ``objs``, on their device."""
-    parts = [_sums(t) for obj in objs for t in _tensors(obj)]
+    parts = [_sums(t) for obj in objs for t in tensors_of(obj)]
     if not parts:
         return torch.zeros(0, dtype=torch.float64, device="cpu")
     device = parts[0].device

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from lanczos_optim._determinism import tensors_of
 from lanczos_optim._graph_products import Product
 
 #: Per batch: its product (``None`` for a batch of weight 0), size and weight.
@@ -51,7 +52,7 @@ def _keyed_tensors(
     """The model's parameters, its buffers, and the tensors of a list of batches."""
     batches = []
     if isinstance(data, (list, tuple)):  # cheap to look at; a DataLoader is not
-        batches = [t for batch in data for t in batch if isinstance(t, Tensor)]
+        batches = [t for batch in data for t in tensors_of(batch)]  # dict inputs too
     return list(model.parameters()), list(model.buffers()), batches
 
 
