@@ -109,8 +109,8 @@ def ggn_product(
 
     :math:`J` is the Jacobian of ``outputs`` with respect to ``params``; :math:`H_l` the Hessian
     of ``loss`` with respect to ``outputs`` (by autograd unless ``output_hessian`` is given; a
-    loss linear in ``outputs`` uses :func:`~lanczos_optim._loss_hessian.linear_loss_hessian`,
-    which refuses outputs that are not log-probabilities rather than return zero).
+    loss linear in ``outputs`` uses :func:`~lanczos_optim._loss_hessian.linear_loss_hessian`:
+    the softmax GGN on log-probabilities, else zero with a ``RuntimeWarning``).
     :math:`J v` uses the double-backward trick: :math:`J^T u` is linear in a dummy :math:`u`, and
     differentiating it with respect to :math:`u` gives :math:`J v`.
     """
@@ -121,7 +121,7 @@ def ggn_product(
         )
     (g_out,) = torch.autograd.grad(loss, outputs, create_graph=output_hessian is None)
     if output_hessian is None and hessian_vanishes(g_out, outputs):  # linear: no silent zero
-        output_hessian = linear_loss_hessian(outputs, g_out)
+        output_hessian = linear_loss_hessian(outputs, g_out, refuse=False)
     grads = torch.autograd.grad(
         outputs, params, grad_outputs=g_out.detach(), retain_graph=True, allow_unused=True
     )

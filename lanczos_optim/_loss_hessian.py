@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -43,16 +44,27 @@ def hessian_vanishes(grad_outputs: Tensor, outputs: Tensor) -> bool:
         return True
     if outputs.device.type == "meta":
         return False
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    probe = torch.randn(outputs.shape, generator=gen, dtype=outputs.dtype, device="cpu")
-    probe = probe.to(outputs.device)
+    device = outputs.device  # drawn where the outputs live: no host copy of large outputs
+    gen = torch.Generator(device=device).manual_seed(0)
+    probe = torch.randn(outputs.shape, generator=gen, dtype=outputs.dtype, device=device)
     (hu,) = torch.autograd.grad(
         grad_outputs, outputs, grad_outputs=probe, retain_graph=True, allow_unused=True
     )
     return hu is None or not bool(hu.any())
 
 
-def linear_loss_hessian(outputs: Tensor, grad_outputs: Tensor) -> Callable[[Tensor], Tensor]:
+#: Losses whose output Hessian is zero where their residuals pass ``delta`` (a true zero).
+_PIECEWISE = (nn.HuberLoss, nn.SmoothL1Loss)
+
+_LINEAR = (
+    "The loss is linear in the model's outputs, so its GGN is zero; use the Hessian, or a "
+    "loss with curvature in the outputs (e.g. CrossEntropyLoss on logits)"
+)
+
+
+def linear_loss_hessian(
+    outputs: Tensor, grad_outputs: Tensor, *, refuse: bool = True
+) -> Callable[[Tensor], Tensor]:
     r"""The output Hessian to use for a loss that is linear in the model's outputs.
 
     A linear loss :math:`\ell = \sum_i g_i^\top f_i` (``NLLLoss`` or ``KLDivLoss`` on
@@ -66,16 +78,22 @@ def linear_loss_hessian(outputs: Tensor, grad_outputs: Tensor) -> Callable[[Tens
         H_\ell u_i = c_i \big(p_i \odot u_i - p_i\, p_i^\top u_i\big), \quad
         p_i = e^{f_i}, \quad c_i = -\textstyle\sum_j g_{ij}.
 
+    On other outputs the zero output Hessian is refused (``refuse``), or returned with a
+    ``RuntimeWarning`` (the optimisers, which cannot tell a linear loss from a Huber loss
+    whose residuals all pass ``delta`` on one batch).
+
     Raises:
-        ValueError: If the outputs are not log-probabilities: the GGN of such a loss is zero.
+        ValueError: If ``refuse`` and the outputs are not log-probabilities.
     """
     outputs, grad_outputs = outputs.detach(), grad_outputs.detach()
     dim = _log_prob_dim(outputs)
     if dim is None:
-        raise ValueError(
-            "The loss is linear in the model's outputs, so its GGN is zero; use the Hessian, "
-            "or a loss with curvature in the outputs (e.g. CrossEntropyLoss on logits)."
+        if refuse:
+            raise ValueError(f"{_LINEAR}.")
+        warnings.warn(
+            f"{_LINEAR}: the output Hessian is zero on this batch.", RuntimeWarning, stacklevel=4
         )
+        return torch.zeros_like
     p = outputs.exp()
     c = -grad_outputs.sum(dim=dim, keepdim=True)
 
@@ -112,8 +130,8 @@ def output_hessian_product(
     with torch.enable_grad():
         loss = loss_fn(out, targets)
         (grad_out,) = torch.autograd.grad(loss, out, create_graph=True)
-    if hessian_vanishes(grad_out, out):  # linear in the outputs (NLL on log-probabilities)
-        return linear_loss_hessian(outputs, grad_out)
+    if not isinstance(loss_fn, _PIECEWISE) and hessian_vanishes(grad_out, out):
+        return linear_loss_hessian(outputs, grad_out)  # NLL on log-probabilities, or refused
 
     def generic(u: Tensor) -> Tensor:
         (hu,) = torch.autograd.grad(grad_out, out, grad_outputs=u, retain_graph=True)

@@ -115,6 +115,14 @@ def resolve_reduction(loss_fn: object, reduction: object = None) -> LossReductio
     return read
 
 
+def single_batch(data: object) -> bool:
+    """Whether ``data`` holds one batch (a list, tuple or DataLoader of length 1)."""
+    try:
+        return len(data) == 1  # type: ignore[arg-type]
+    except TypeError:  # no length (an IterableDataset's loader)
+        return False
+
+
 def _close(a: float, b: float, scale: float, tol: float) -> bool:
     return abs(a - b) <= tol * scale
 
@@ -178,7 +186,7 @@ class BatchWeights:
         mean_only: str | None = None,
     ) -> None:
         self.loss_fn, self.dtype, self.mean_only = loss_fn, dtype, mean_only
-        self.single = isinstance(data, (list, tuple)) and len(data) == 1
+        self.single = single_batch(data)
         self.reduction = self._checked(resolve_reduction(loss_fn, reduction))
 
     def _checked(self, red: LossReduction) -> LossReduction:

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from lanczos_optim._determinism import DataFingerprint, check_loader
 from lanczos_optim._graph_products import Product, check_scalar_loss
-from lanczos_optim._loss_weights import detect_reduction, resolve_reduction
+from lanczos_optim._loss_weights import detect_reduction, resolve_reduction, single_batch
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
 from lanczos_optim._outputs import (
     OutputSelector,
@@ -286,7 +286,7 @@ class CurvatureOperator:
         return batches
 
     def _single_batch(self) -> bool:
-        return isinstance(self.data, (list, tuple)) and len(self.data) == 1
+        return single_batch(self.data)
 
     def _resolve_reduction(self) -> None:
         """Check the reduction of a loss that states none on the first batch (one forward)."""

@@ -39,18 +39,19 @@ def test_log_softmax_nll_gets_the_softmax_ggn() -> None:
     assert float(ritz.max()) > 1e-3  # not the silent zero curvature of before
 
 
-def test_ggn_of_a_loss_linear_in_raw_outputs_is_refused() -> None:
+def test_zero_ggn_of_a_loss_linear_in_raw_outputs_warns() -> None:
+    # The closure gives no loss function: a linear loss and a Huber loss past delta look alike,
+    # and the zero GGN of the latter is true; the step is taken with a warning.
     model, x, y = _setup()
     opt = _opt(model)
-    before = [p.detach().clone() for p in model.parameters()]
 
     def closure() -> tuple[Tensor, Tensor]:
         out = model(x)
         return -out.gather(1, y[:, None]).mean(), out
 
-    with pytest.raises(ValueError, match="linear in the model's outputs"):
+    with pytest.warns(RuntimeWarning, match="linear in the model's outputs"):
         opt.step(closure)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert float(opt.last_info.ritz_values.abs().max()) == 0.0  # type: ignore[union-attr]
 
 
 def test_dict_outputs_use_their_logits() -> None:
