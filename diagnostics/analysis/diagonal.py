@@ -221,6 +221,7 @@ def diagonal_approximations(
     seed: int | None = None,
     hutchinson_samples: int = 100,
     progress: bool = False,
+    reduction: str | None = None,
 ) -> dict[str, Tensor]:
     r"""Diagonals of the data-set GGN and Hessian, through BackPACK (Dangel et al., 2020).
 
@@ -251,6 +252,10 @@ def diagonal_approximations(
         hutchinson_samples: Probes of the Hutchinson fallback.
         progress: Show a progress bar of the batches of each BackPACK pass on stderr (only
             when it is a terminal).
+        reduction: ``"mean"`` or ``"sum"`` for a loss that states no reduction, passed to the
+            operators of the Hutchinson fallback (BackPACK takes only ``nn`` losses). Targets
+            equal to a cross-entropy's ``ignore_index`` are refused by the BackPACK path, which
+            would count them.
 
     Returns:
         ``{kind: flat diagonal [P]}`` in the parameters' dtype.
@@ -322,7 +327,7 @@ def diagonal_approximations(
         curv = "hessian" if kind == "diag_hessian" else "ggn"
         if curv not in cache:
             op_cls = HessianOperator if curv == "hessian" else GGNOperator
-            op = op_cls(model, loss_fn, data, bn_mode=bn_mode)
+            op = op_cls(model, loss_fn, data, bn_mode=bn_mode, reduction=reduction)
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             cache[curv] = hutchinson_diagonal(op, hutchinson_samples, generator=gen)
         out[kind] = cache[curv]

@@ -126,3 +126,14 @@ def test_backpack_refuses_ignored_targets_and_the_fallback_is_unbiased() -> None
     err = float((estimate - ggn.diagonal()).norm() / ggn.diagonal().norm())
     off = float((ggn - torch.diag(ggn.diagonal())).square().sum().sqrt() / ggn.diagonal().norm())
     assert err < 4 * off / 1000**0.5  # the Hutchinson error of the exact operator's diagonal
+    with pytest.warns(UserWarning, match="ignore_index"):
+        fallback = diagonal_approximations(
+            model,
+            loss_fn,
+            batches,
+            ["diag_ggn_exact"],
+            fallback="hutchinson",
+            seed=0,
+            hutchinson_samples=1000,
+        )
+    assert torch.allclose(fallback["diag_ggn_exact"], estimate, rtol=1e-12, atol=0)
