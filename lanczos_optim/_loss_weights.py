@@ -57,13 +57,23 @@ class LossReduction:
     ignore_index: int = -100
 
     def batch_weight(self, targets: object, n: int) -> Tensor | float:
-        r"""The batch's normaliser :math:`W_b` (1 for a sum): its weight in the data-set mean."""
+        r"""The batch's normaliser :math:`W_b`: its weight in the data-set mean.
+
+        For a sum it is 1, or 0 for a batch of class targets that are all ignored (or of
+        class weight 0), whose loss and curvature are zero: such a batch is skipped.
+        """
+        class_targets = (
+            self.by_class and isinstance(targets, Tensor) and not targets.is_floating_point()
+        )
         if self.reduction == "sum":
-            return 1.0
-        if not self.by_class or not isinstance(targets, Tensor):
-            return float(n)
-        if targets.is_floating_point():  # probability targets: the mean is over positions
+            return (self._class_sum(targets) > 0).double() if class_targets else 1.0
+        if class_targets:
+            return self._class_sum(targets)
+        if self.by_class and isinstance(targets, Tensor):  # probabilities: mean over positions
             return float(targets.numel() // targets.shape[1]) if targets.ndim > 1 else 1.0
+        return float(n)
+
+    def _class_sum(self, targets: Tensor) -> Tensor:
         keep = targets != self.ignore_index
         if self.class_weight is None:
             return keep.sum(dtype=torch.float64)

@@ -199,8 +199,9 @@ def test_cached_graphs_match_dense_truth(name: str) -> None:
             assert _rel(op @ eye, dense) < 1e-10
 
 
-def test_batch_with_every_target_ignored_adds_nothing() -> None:
-    model, loss_fn, batches = _case("ce_ignore", "mlp")
+@pytest.mark.parametrize("name", ["ce_ignore", "ce_weight_sum"])
+def test_batch_with_every_target_ignored_adds_nothing(name: str) -> None:
+    model, loss_fn, batches = _case(name, "mlp")
     x, y = batches[2]
     batches[2] = (x, torch.full_like(y, -100))
     hess, ggn, _, _ = dense_truth(model, loss_fn, batches)
