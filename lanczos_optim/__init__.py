@@ -7,6 +7,7 @@ The engine (:func:`lanczos`, :func:`spectral_density`), curvature operators
 from lanczos_optim.curvature import (
     CURVATURES,
     BatchedProduct,
+    BatchWeights,
     LossFn,
     check_data,
     check_scalar_loss,
@@ -52,6 +53,7 @@ __all__ = [
     # curvature building blocks (lanczos_optim.curvature)
     "CURVATURES",
     "BatchedProduct",
+    "BatchWeights",
     "LossFn",
     "check_data",
     "check_scalar_loss",

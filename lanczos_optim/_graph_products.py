@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from lanczos_optim._loss_hessian import hessian_vanishes, linear_loss_hessian
+
 Product = Callable[[Sequence[Tensor]], list[Tensor]]
 
 
@@ -150,7 +152,9 @@ def ggn_product(
     penalty added directly on the parameters is not included).
 
     :math:`J` is the Jacobian of ``outputs`` with respect to ``params``; :math:`H_l` the Hessian
-    of ``loss`` with respect to ``outputs`` (by autograd unless ``output_hessian`` is given).
+    of ``loss`` with respect to ``outputs`` (by autograd unless ``output_hessian`` is given; a
+    loss linear in ``outputs`` uses :func:`~lanczos_optim._loss_hessian.linear_loss_hessian`:
+    the softmax GGN on log-probabilities, else zero with a ``RuntimeWarning``).
     :math:`J v` uses the double-backward trick: :math:`J^T u` is linear in a dummy :math:`u`, and
     differentiating it with respect to :math:`u` gives :math:`J v`.
 
@@ -179,6 +183,8 @@ def ggn_product(
             "got outputs that do not require grad."
         )
     (g_out,) = torch.autograd.grad(loss, outputs, create_graph=output_hessian is None)
+    if output_hessian is None and hessian_vanishes(g_out, outputs):  # linear: no silent zero
+        output_hessian = linear_loss_hessian(outputs, g_out, refuse=False)
     grads = torch.autograd.grad(
         outputs, params, grad_outputs=g_out.detach(), retain_graph=True, allow_unused=True
     )
@@ -191,8 +197,6 @@ def ggn_product(
     def h_out(u: Tensor, batched: bool = False) -> Tensor:
         if output_hessian is not None:
             return torch.vmap(output_hessian)(u) if batched else output_hessian(u)
-        if not g_out.requires_grad:
-            return torch.zeros_like(u)
         (hu,) = torch.autograd.grad(
             g_out, outputs, grad_outputs=u, retain_graph=True, is_grads_batched=batched
         )

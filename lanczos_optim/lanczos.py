@@ -12,6 +12,7 @@ from torch import Tensor
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._convergence import STOP_ON, ResidualTest
 from lanczos_optim._linear_operator import _MatVec, as_matvec
+from lanczos_optim._symmetry import SymmetryCheck
 from lanczos_optim.validation import check_lanczos_steps
 
 __all__ = ["LanczosResult", "lanczos"]
@@ -219,7 +220,8 @@ def lanczos(
         storage_dtype=basis_dtype,
         storage_device=basis_device,
     )
-    run = _Recurrence(op, basis, reorthogonalize, check, callback)
+    symmetry = SymmetryCheck(op.dtype, basis_dtype)  # free: one dot product per step
+    run = _Recurrence(op, basis, reorthogonalize, check, callback, symmetry)
     run.iterate(v, num_steps)
     res = LanczosResult.from_tridiagonal(
         torch.tensor(run.alphas, dtype=torch.float64, device="cpu"),
@@ -259,9 +261,10 @@ class _Recurrence:
         reorthogonalize: bool,
         check: ResidualTest | None,
         callback: Callable[[int], None] | None,
+        symmetry: SymmetryCheck,
     ) -> None:
         self.op, self.basis, self.reorthogonalize = op, basis, reorthogonalize
-        self.check, self.callback = check, callback
+        self.check, self.callback, self.symmetry = check, callback, symmetry
         self.alphas: list[float] = []
         self.betas: list[float] = []
         self.beta_prev = 0.0
@@ -280,6 +283,7 @@ class _Recurrence:
         alpha = float(torch.dot(v, w))
         w = w - alpha * v
         if j > 0:
+            self.symmetry.compare(float(torch.dot(v_prev, w)), self.beta_prev, self._anorm, j)
             w = w - self.beta_prev * v_prev
         if self.reorthogonalize:
             w = self.basis.project_out(w)

@@ -173,6 +173,19 @@ def _backpack_culprit(exc: BaseException, net: nn.Module, loss_fn: object) -> st
     return found or ("a module" if isinstance(exc, NotImplementedError) else None)
 
 
+class _IgnoredTargets(NotImplementedError):
+    """Targets equal to ``ignore_index``: BackPACK's cross-entropy counts them (wrong)."""
+
+
+def _check_no_ignored_targets(loss_fn: object, targets: object) -> None:
+    index = getattr(loss_fn, "ignore_index", None)
+    ignores = isinstance(index, int) and isinstance(targets, Tensor)
+    if ignores and not targets.is_floating_point() and bool((targets == index).any()):
+        raise _IgnoredTargets(
+            f"targets equal to ignore_index={index}, which BackPACK does not ignore"
+        )
+
+
 def _backpack_diagonal(
     net: nn.Module,
     loss_fn: nn.Module,
@@ -196,6 +209,7 @@ def _backpack_diagonal(
             torch.manual_seed(seed)
         for x, y, n in iterate_batches(data, params[0].device, params[0].dtype):
             bar.update()
+            _check_no_ignored_targets(loss_fn, y)
             with backpack(ext):
                 loss_fn(net(x), y).backward()
             parts = [getattr(p, field, torch.zeros_like(p)).reshape(-1) for p in params]
@@ -235,7 +249,11 @@ def _attempt_backpack(
     try:
         return _backpack_diagonal(net, bp_loss, *args), [], ""
     except Exception as exc:
-        culprit = _backpack_culprit(exc, net, bp_loss)
+        culprit = (
+            "loss_fn (ignore_index)"
+            if isinstance(exc, _IgnoredTargets)
+            else _backpack_culprit(exc, net, bp_loss)
+        )
         if culprit is None:
             raise
         return None, [f"{culprit}: {type(exc).__name__} in BackPACK"], str(exc)
@@ -253,6 +271,7 @@ def diagonal_approximations(
     seed: int | None = None,
     hutchinson_samples: int = 100,
     progress: bool = False,
+    reduction: str | None = None,
 ) -> dict[str, Tensor]:
     r"""Diagonals of the data-set GGN and Hessian, through BackPACK (Dangel et al., 2020).
 
@@ -283,6 +302,10 @@ def diagonal_approximations(
         hutchinson_samples: Probes of the Hutchinson fallback.
         progress: Show a progress bar of the batches of each BackPACK pass on stderr (only
             when it is a terminal).
+        reduction: ``"mean"`` or ``"sum"`` for a loss that states no reduction, passed to the
+            operators of the Hutchinson fallback (BackPACK takes only ``nn`` losses). Targets
+            equal to a cross-entropy's ``ignore_index`` are refused by the BackPACK path, which
+            would count them.
 
     Returns:
         ``{kind: flat diagonal [P]}`` in the parameters' dtype.
@@ -338,7 +361,9 @@ def diagonal_approximations(
         )
         curv = "hessian" if kind == "diag_hessian" else "ggn"
         if curv not in cache:
-            op = curvature_operator(curv, model, loss_fn, data, bn_mode=bn_mode)
+            op = curvature_operator(
+                curv, model, loss_fn, data, bn_mode=bn_mode, reduction=reduction
+            )
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             cache[curv] = hutchinson_diagonal(op, hutchinson_samples, generator=gen)
         out[kind] = cache[curv]

@@ -258,14 +258,19 @@ def compute_eigenspectrum(
     tol: float | None = None,
     cache_graphs: bool | None = None,
     progress: bool = False,
+    reduction: str | None = None,
+    outputs: object = None,
+    check_deterministic: bool = True,
 ) -> Spectrum:
     r"""Estimate the spectrum of the Hessian or GGN of a model's loss by Lanczos quadrature.
 
     Each of ``num_probes`` Gaussian probes runs ``lanczos_steps`` Lanczos steps with full
-    reorthogonalisation (:func:`~lanczos_optim.spectral_density`) on the full-data curvature
-    operator, whose products weight batch
-    :math:`b` by :math:`|b|/N`. The Ritz values and weights of all probes form the combined
-    measure of :class:`Spectrum`. The model, its buffers and its gradients are left untouched.
+    reorthogonalisation on the full-data curvature operator, whose products weight batch
+    :math:`b` by its share of the loss's normaliser (:math:`|b|/N`, or its class weights and
+    non-ignored targets for a weighted cross-entropy; see
+    :class:`~lanczos_optim.HessianOperator`). The Ritz values and weights of all probes form the
+    combined measure of :class:`Spectrum`. The model, its buffers and its gradients are left
+    untouched.
 
     Args:
         model: The network.
@@ -290,6 +295,12 @@ def compute_eigenspectrum(
             the memory of all the batches' graphs. Default: only when ``data`` is one batch.
         progress: Show a progress bar of the Lanczos steps of all probes on stderr (only when
             it is a terminal).
+        reduction: ``"mean"`` or ``"sum"`` for a loss that states no reduction (a lambda);
+            ``None`` reads it from the loss or checks it (see the operators).
+        outputs: Picks the tensor the loss takes from dict/tuple model outputs (a key, an
+            index or a function; default: a mapping's ``"logits"``).
+        check_deterministic: Refuse data that differ between passes (a shuffled DataLoader,
+            random augmentation): every Lanczos step is one pass over ``data``.
 
     Returns:
         A :class:`Spectrum`.
@@ -314,7 +325,16 @@ def compute_eigenspectrum(
     probes = check_num_probes(num_probes)
     seed_value = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
     op = curvature_operator(
-        curvature, model, loss_fn, data, params=params, bn_mode=bn_mode, cache_graphs=cache_graphs
+        curvature,
+        model,
+        loss_fn,
+        data,
+        params=params,
+        bn_mode=bn_mode,
+        cache_graphs=cache_graphs,
+        reduction=reduction,
+        outputs=outputs,  # type: ignore[arg-type]
+        check_deterministic=check_deterministic,
     )
     steps = check_lanczos_steps(lanczos_steps, op.shape[0])
     start = time.perf_counter()

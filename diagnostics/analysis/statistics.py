@@ -26,6 +26,7 @@ from diagnostics._progress import progress_bar
 from lanczos_optim import (
     CURVATURES,
     NUM_PROBES,
+    BatchWeights,
     LossFn,
     check_bn_mode,
     check_curvature,
@@ -173,16 +174,20 @@ class _Moments:
     def __init__(self, curvature: Sequence[str], num_probes: int) -> None:
         self.loss, self.grad = _WeightedMoments(), _WeightedMoments()
         self.curvature = {c: [_WeightedMoments() for _ in range(num_probes)] for c in curvature}
-        self.num_batches = 0
+        self.num_batches = self.num_samples = 0
 
-    def add(self, batch: tuple[Tensor, Tensor, dict[str, list[Tensor]]], n: int) -> None:
-        """Add one batch's ``(loss, gradient, products)`` with weight ``n`` (its size)."""
+    def add(self, batch: tuple[Tensor, Tensor, dict[str, list[Tensor]]], w: float) -> None:
+        """Add one batch's ``(loss, gradient, products)`` with weight ``w``.
+
+        ``w`` is the batch's share of the loss's normaliser: its size, or for a class-weighted
+        or ``ignore_index`` cross-entropy the class weights of its non-ignored targets.
+        """
         loss, grad, prods = batch
-        self.loss.add(loss, n)
-        self.grad.add(grad, n)
+        self.loss.add(loss, w)
+        self.grad.add(grad, w)
         for c, vecs in prods.items():
             for acc, v in zip(self.curvature[c], vecs, strict=True):
-                acc.add(v, n)
+                acc.add(v, w)
         self.num_batches += 1
 
 
@@ -212,6 +217,7 @@ def loss_statistics(
     seed: int | None = None,
     params: Iterable[Tensor] | None = None,
     progress: bool = False,
+    reduction: str | None = None,
 ) -> LossStatistics:
     r"""Loss, gradient and curvature statistics over the mini-batches of ``data``.
 
@@ -237,6 +243,11 @@ def loss_statistics(
         seed: Seed of the probes (``None``: fresh randomness).
         params: Parameters to use (default: all trainable parameters).
         progress: Show a progress bar of the batches on stderr (only when it is a terminal).
+        reduction: ``"mean"`` for a loss that states no reduction (a lambda); ``None`` reads
+            it from the loss or checks it on the first batch. Batch :math:`b` weighs
+            :math:`w_b = W_b / W`, its share of the loss's normaliser: :math:`|b|/N`, or the
+            class weights of its non-ignored targets for a weighted cross-entropy, so that
+            :math:`\bar\ell` and :math:`\bar g` are the loss and gradient of the whole data.
 
     Returns:
         A :class:`LossStatistics`.
@@ -259,11 +270,11 @@ def loss_statistics(
     for c in curvature:
         check_curvature(c)
     num_probes = check_num_probes(num_probes)
-    if getattr(loss_fn, "reduction", "mean") == "sum":
-        raise ValueError("loss_statistics compares batch-mean losses; got reduction='sum'.")
     data = check_data(data)
     chosen, names = select_params(model, params)
     dtype, device = chosen[0].dtype, chosen[0].device
+    weights = BatchWeights(loss_fn, reduction, data, dtype, mean_only="loss_statistics")
+    weights = BatchWeights(loss_fn, reduction, data, dtype, mean_only="loss_statistics")
     dim = sum(p.numel() for p in chosen)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     probes = torch.randn(num_probes, dim, generator=gen, dtype=torch.float64, device="cpu")
@@ -275,13 +286,20 @@ def loss_statistics(
         moments = _Moments(curvature, num_probes)
         for x, y, n in iterate_batches(data, device, dtype):
             bar.update()
+            w = float(weights(lambda x=x: model(x), y, n))
+            moments.num_samples += n
+            if w == 0.0:  # every target ignored: the batch has no loss (0/0)
+                moments.num_batches += 1
+                continue
             moments.add(
-                _curvature_products(model, loss_fn, x, y, chosen, probe_lists, curvature), n
+                _curvature_products(model, loss_fn, x, y, chosen, probe_lists, curvature), w
             )
     if moments.num_batches == 0:
         raise ValueError("data is empty: it yielded no samples.")
+    if moments.loss.mean is None:
+        raise ValueError("Every target of data is ignore_index (or of class weight 0).")
     stats = LossStatistics(
-        num_samples=round(moments.loss.weight),
+        num_samples=moments.num_samples,
         num_batches=moments.num_batches,
         loss_mean=float(moments.loss.mean),
         loss_var=moments.loss.variance(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 
 import torch
@@ -10,8 +10,17 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lanczos_optim._determinism import DataFingerprint, check_loader
 from lanczos_optim._graph_products import Product, check_scalar_loss
+from lanczos_optim._loss_weights import detect_reduction, resolve_reduction, single_batch
 from lanczos_optim._model_state import check_bn_mode, curvature_mode
+from lanczos_optim._outputs import (
+    OutputSelector,
+    check_selector,
+    inputs_size,
+    is_inputs,
+    select_outputs,
+)
 from lanczos_optim._precision import (
     check_precision,
     forward_precision,
@@ -26,7 +35,27 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _is_batch(obj: object) -> bool:
-    return isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], Tensor)
+    return isinstance(obj, (tuple, list)) and len(obj) == 2 and is_inputs(obj[0])
+
+
+def _to(t: object, device: torch.device, dtype: torch.dtype) -> object:
+    """A tensor on ``device``, floating ones cast to ``dtype``; anything else as it is."""
+    if not isinstance(t, Tensor):
+        return t
+    t = t.to(device, non_blocking=True)
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def _batch_error(i: int, batch: object) -> TypeError:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return TypeError(
+            f"The inputs of batch {i} are a {type(batch[0]).__name__}; inputs must be a tensor "
+            "(model(inputs)) or a dict of tensors (model(**inputs))."
+        )
+    return TypeError(
+        f"Each batch must be an (inputs, targets) pair of tensors; batch {i} is "
+        f"{type(batch).__name__}."
+    )
 
 
 def check_data(data: object) -> Sequence[Batch] | Iterable[Batch]:
@@ -75,7 +104,8 @@ def iterate_batches(
 ) -> Iterator[tuple[Tensor, Tensor, int]]:
     """Yield ``(inputs, targets, batch size)`` on ``device``, floating tensors cast to ``dtype``.
 
-    Empty batches are skipped.
+    Inputs are a tensor or a dict of tensors (for ``model(**inputs)``). Empty batches are
+    skipped.
 
     Raises:
         TypeError: If a batch is not an ``(inputs, targets)`` pair of tensors.
@@ -91,18 +121,14 @@ def iterate_batches(
     """
     for i, batch in enumerate(data):
         if not _is_batch(batch):
-            raise TypeError(
-                f"Each batch must be an (inputs, targets) pair of tensors; batch {i} is "
-                f"{type(batch).__name__}."
-            )
+            raise _batch_error(i, batch)
         x, y = batch
-        x = x.to(device, non_blocking=True)
-        if x.is_floating_point():
-            x = x.to(dtype)
-        y = y.to(device, non_blocking=True) if isinstance(y, Tensor) else y
-        if isinstance(y, Tensor) and y.is_floating_point():
-            y = y.to(dtype)
-        n = int(x.shape[0]) if x.ndim else 1
+        if isinstance(x, Mapping):  # keyword inputs: model(**x)
+            x = {k: _to(v, device, dtype) for k, v in x.items()}
+        else:
+            x = _to(x, device, dtype)
+        y = _to(y, device, dtype)
+        n = inputs_size(x)
         if n:
             yield x, y, n
 
@@ -141,17 +167,53 @@ def select_params(
     return chosen, names
 
 
+def _weightless(weight: Tensor | float) -> bool:
+    """A batch whose every target is ignored: no term (its mean loss is 0/0)."""
+    return isinstance(weight, Tensor) and not bool(weight > 0)
+
+
 class CurvatureOperator:
     r"""A symmetric curvature matrix of a model's loss as a linear operator on the flat parameters.
 
-    Over a data set of :math:`N` samples split into batches :math:`b` with batch-mean losses
-    :math:`L_b`, the operator is the exact sample average
+    Over a data set split into batches :math:`b` with batch-mean losses
+    :math:`L_b = S_b / W_b` (a sum over the batch divided by its normaliser), the operator is
+    the curvature of the data-set loss :math:`L = \sum_b S_b / W`, :math:`W = \sum_b W_b`:
 
     .. math::
-        C = \sum_b \frac{|b|}{N} C_b ,
+        C = \sum_b \frac{W_b}{W} C_b ,
 
-    so a short last batch is weighted correctly. Under ``torch.distributed`` the batch sums and
-    sample counts are all-reduced over ranks, each rank holding a shard of the data.
+    so a short last batch is weighted correctly. :math:`W_b` is the batch's sample count
+    :math:`|b|`, except for ``nn.CrossEntropyLoss``/``nn.NLLLoss`` (and ``functools.partial``
+    of ``F.cross_entropy``/``F.nll_loss``) with class-index targets, where it is the sum of the
+    class weights of its targets other than ``ignore_index`` (as torch's own mean), so class
+    weights and padding are exact across batches. With ``reduction="sum"``,
+    :math:`C = \sum_b C_b`. Under ``torch.distributed`` the batch sums and normalisers are
+    all-reduced over ranks, each rank holding a shard of the data.
+
+    The reduction is read from the loss (its ``reduction`` attribute, or the keywords of a
+    ``functools.partial`` of a torch functional loss) or given as ``reduction=``. A loss that
+    states none (a lambda, a plain function) is checked on the first batch of multi-batch
+    data: its value against the mean and the sum of its two halves' values (three loss
+    evaluations on outputs already computed); when it is neither (a weighted mean, say), the
+    normaliser cannot be known and the operator refuses with a ``ValueError``. One batch needs
+    no reduction.
+
+    A loss linear in the model's outputs (``NLLLoss`` or ``KLDivLoss`` on log-probabilities)
+    has a zero output Hessian: on log-probability outputs the GGN is that of the same loss on
+    ``log_softmax`` of the outputs (the same value and gradient), i.e. the softmax GGN; on
+    other outputs the GGN refuses with a ``ValueError`` instead of returning zero.
+
+    The data must be the same on every pass (every product is one pass): a DataLoader with a
+    random sampler is refused at once, and every pass over data other than a list of batches
+    fingerprints its batches (float64 sums and position-weighted sums of the inputs and
+    targets, one extra read) and is compared with the first at its end, which catches random
+    augmentation and shuffling through a custom sampler. ``check_deterministic=False`` turns
+    both checks off.
+
+    Models may return a dict, a tuple or a Hugging Face ``ModelOutput``: ``outputs=`` selects
+    the tensor the loss takes (a key, an index, or a function); by default a mapping's
+    ``"logits"`` entry, and any other structure is passed whole to the loss for the Hessian
+    and refused for the GGN. Inputs may be a dict of tensors, passed as ``model(**inputs)``.
 
     With ``cache_graphs``, each batch's autograd graph is built once and every later product is
     a backward pass through it (for the Hessian on the CNN of ``benchmarks/engine.py``, CPU:
@@ -183,6 +245,11 @@ class CurvatureOperator:
             ``"full"``: also checksums of every parameter and listed data tensor (one read of
             them per product), which catches writes that bypass autograd, such as
             ``p.data.copy_(...)`` or a NumPy array refilled behind the inputs.
+        reduction: ``"mean"`` or ``"sum"`` for a loss that does not state its reduction
+            (``None``: read it from the loss, or check it); must agree with the loss's own.
+        outputs: Selects the tensor the loss takes from structured model outputs (a key, an
+            index or a function; ``None``: a mapping's ``"logits"``).
+        check_deterministic: Refuse data that differ between passes (default ``True``).
         precision: Arithmetic of the products. ``"highest"`` (default): the operator's dtype
             with TF32 off, also for cuDNN convolutions. ``"tf32"``: float32 matrix products
             and convolutions in TF32 on CUDA (no effect on the CPU). ``"bf16"``: the forward
@@ -217,6 +284,9 @@ class CurvatureOperator:
         cache_graphs: bool | None = None,
         cache_check: str = "fast",
         precision: str = "highest",
+        reduction: str | None = None,
+        outputs: OutputSelector = None,
+        check_deterministic: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -228,6 +298,14 @@ class CurvatureOperator:
         self.loss_fn = loss_fn
         self.bn_mode = check_bn_mode(bn_mode)
         self.data = check_data(data)
+        if not isinstance(check_deterministic, bool):
+            raise TypeError(f"check_deterministic must be a bool; got {check_deterministic!r}.")
+        self.check_deterministic = check_deterministic
+        if check_deterministic:
+            check_loader(self.data)
+        self._fingerprint = DataFingerprint()
+        self.outputs = check_selector(outputs)
+        self._reduction = resolve_reduction(loss_fn, reduction)
         if cache_graphs is not None and not isinstance(cache_graphs, bool):
             raise TypeError(f"cache_graphs must be True, False or None; got {cache_graphs!r}.")
         self.cache_graphs = _is_batch(data) if cache_graphs is None else cache_graphs
@@ -235,7 +313,6 @@ class CurvatureOperator:
         self.precision = check_precision(precision)
         self.params, self.param_names = select_params(model, params)
         self.distributed = distributed
-        self._sum_reduction = getattr(loss_fn, "reduction", "mean") == "sum"
         self.num_samples: int | None = None
         #: Number of operator-vector products computed so far (columns of ``matmat`` count each).
         self.num_products = 0
@@ -251,8 +328,36 @@ class CurvatureOperator:
             f"device={self.device}, bn_mode={self.bn_mode!r}, cache_graphs={self.cache_graphs})"
         )
 
+    @property
+    def _sum_reduction(self) -> bool:
+        return self._reduction.reduction == "sum"
+
     def _batches(self) -> Iterator[tuple[Tensor, Tensor, int]]:
-        return iterate_batches(self.data, self.device, self.dtype)
+        batches = iterate_batches(self.data, self.device, self.dtype)
+        # A list of batches is fixed (the user's own writes to it are seen by the graph
+        # cache); a loader or other iterable is fingerprinted on every pass.
+        if self.check_deterministic and not isinstance(self.data, (list, tuple)):
+            batches = self._fingerprint.watch(batches)
+        return batches
+
+    def _single_batch(self) -> bool:
+        return single_batch(self.data)
+
+    def _resolve_reduction(self) -> None:
+        """Check the reduction of a loss that states none on the first batch (one forward)."""
+        if self._reduction.reduction is not None or self._single_batch():
+            return
+        for x, y, _ in iterate_batches(self.data, self.device, self.dtype):
+            with torch.no_grad(), curvature_mode(self.model, self.bn_mode):
+                outputs = self._forward(x)
+            found = detect_reduction(self.loss_fn, outputs, y, self.dtype)
+            self._reduction = resolve_reduction(self.loss_fn, found)
+            return
+
+    def _batch_weight(self, y: object, n: int) -> Tensor | float:
+        if self._reduction.reduction is None:  # one batch: its weight cancels
+            return float(n)
+        return self._reduction.batch_weight(y, n)
 
     def _forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
         """The model's outputs, with ``params`` (by name) in place of its own if given."""
@@ -261,9 +366,19 @@ class CurvatureOperator:
             # Batch statistics would update the running ones in place, and BatchNorm's backward
             # reads those: run on copies so that the model is untouched and a kept graph valid.
             state.update({n: b.clone() for n, b in self.model.named_buffers()})
+        args, kwargs = ((), x) if isinstance(x, Mapping) else ((x,), {})
         with forward_precision(self.precision, self.device):
-            out = functional_call(self.model, state, (x,)) if state else self.model(x)
-        return outputs_in(out, self.dtype)
+            if state:
+                out = functional_call(self.model, state, args, kwargs)
+            else:
+                out = self.model(*args, **kwargs)
+        out = select_outputs(
+            out, self.outputs, need_tensor=self._needs_output_tensor, who=type(self).__name__
+        )
+        return outputs_in(out, self.dtype) if isinstance(out, Tensor) else out
+
+    #: Whether the curvature needs the model's output tensor (the GGN) or only the loss.
+    _needs_output_tensor = True
 
     def _batch_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         outputs = self._forward(x)
@@ -287,7 +402,11 @@ class CurvatureOperator:
     def _cached_batches(self) -> CachedBatches | None:
         def build() -> CachedBatches:
             with torch.enable_grad(), curvature_mode(self.model, self.bn_mode):
-                return [(self._build_product(x, y), n) for x, y, n in self._batches()]
+                entries: CachedBatches = []
+                for x, y, n in self._batches():
+                    w = self._batch_weight(y, n)
+                    entries.append((None if _weightless(w) else self._build_product(x, y), n, w))
+                return entries
 
         return self._cache.get(self.model, self.data, build)
 
@@ -306,41 +425,53 @@ class CurvatureOperator:
             dist.broadcast(vector, src=0)
         return vector
 
-    def _reduce(self, acc: Tensor, count: int) -> tuple[Tensor, int]:
+    def _reduce(self, acc: Tensor, count: int, weight: Tensor) -> tuple[Tensor, int, Tensor]:
         if not self._is_distributed():
-            return acc, count
-        flat = torch.cat([acc.reshape(-1), acc.new_tensor([float(count)])])
+            return acc, count, weight
+        extra = torch.stack([acc.new_tensor(float(count)), weight.to(acc)])
+        flat = torch.cat([acc.reshape(-1), extra])
         dist.all_reduce(flat)
-        return flat[:-1].view_as(acc), round(float(flat[-1]))
+        return flat[:-2].view_as(acc), round(float(flat[-2])), flat[-1]
 
     def _accumulate(
         self,
-        terms: Callable[[], Generator[tuple[Tensor, int]]],
+        terms: Callable[[], Generator[tuple[Tensor | None, int, Tensor | float]]],
         width: int,
         rows: int | None = None,
     ) -> Tensor:
-        """Weighted sum of the per-batch ``[rows, width]`` terms ``(value, batch size)``."""
+        """Weighted sum of the per-batch ``[rows, width]`` terms ``(value, size, weight)``.
+
+        A batch of weight 0 (every target ignored: its mean loss is 0/0) has no value.
+        """
         rows = self.shape[0] if rows is None else rows
         acc = torch.zeros(rows, width, dtype=self.dtype, device=self.device)
+        weight = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
         # closing(): the generator's own clean-up (restoring the model) runs now, also on errors.
         with torch.enable_grad(), closing(terms()) as values:
-            for value, n in values:
-                acc += value * (1.0 if self._sum_reduction else float(n))
+            for value, n, w in values:
+                if value is not None:
+                    acc += value * (w.to(value.dtype) if isinstance(w, Tensor) else w)
+                    weight += w
                 count += n
-        acc, count = self._reduce(acc, count)
+        acc, count, weight = self._reduce(acc, count, weight)
         if count == 0:
             raise ValueError("data is empty: it yielded no samples.")
         self.num_samples = count
-        return acc if self._sum_reduction else acc / count
+        if self._sum_reduction:
+            return acc
+        if self._reduction.by_class and not bool(weight > 0):
+            raise ValueError("Every target of data is ignore_index (or of class weight 0).")
+        return acc / weight.to(acc.dtype)
 
     def _over_batches(
         self, per_batch: Callable[[Tensor, Tensor], Tensor]
     ) -> Callable[[], Generator[tuple[Tensor, int]]]:
-        def terms() -> Generator[tuple[Tensor, int]]:
+        def terms() -> Generator[tuple[Tensor | None, int, Tensor | float]]:
             with curvature_mode(self.model, self.bn_mode):
                 for x, y, n in self._batches():
-                    yield per_batch(x, y), n
+                    w = self._batch_weight(y, n)
+                    yield None if _weightless(w) else per_batch(x, y), n, w
 
         return terms
 
@@ -350,6 +481,7 @@ class CurvatureOperator:
             raise ValueError(
                 f"matmat expects shape ({self.shape[0]}, K); got {tuple(matrix.shape)}."
             )
+        self._resolve_reduction()
         with product_precision(self.precision):
             return self._matmat(matrix.to(self.device, self.dtype))
 
@@ -363,9 +495,9 @@ class CurvatureOperator:
         batches = self._cached_batches() if self.cache_graphs else None
         if batches is not None:
 
-            def terms() -> Generator[tuple[Tensor, int]]:
-                for product, n in batches:
-                    yield stack([product(col) for col in columns]), n
+            def terms() -> Generator[tuple[Tensor | None, int, Tensor | float]]:
+                for product, n, w in batches:
+                    yield None if product is None else stack([product(c) for c in columns]), n, w
 
         else:
             terms = self._over_batches(lambda x, y: stack(self._batch_products(x, y, columns)))
@@ -397,6 +529,7 @@ class CurvatureOperator:
             )
             return torch.cat([flat, loss.detach().reshape(1).to(flat)])[:, None]
 
+        self._resolve_reduction()
         with product_precision(self.precision):
             acc = self._accumulate(self._over_batches(per_batch), 1, rows=self.shape[0] + 1)[:, 0]
         return float(acc[-1]), acc[:-1]

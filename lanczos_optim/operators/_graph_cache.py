@@ -8,9 +8,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from lanczos_optim._determinism import tensors_of
 from lanczos_optim._graph_products import Product
 
-CachedBatches = list[tuple[Product, int]]
+#: Per batch: its product (``None`` for a batch of weight 0), size and weight.
+CachedBatches = list[tuple[Product | None, int, Tensor | float]]
 
 #: How a kept graph is checked before each product: ``"fast"`` compares tensor identity,
 #: autograd version counters and storage, plus checksums of the model's buffers (BatchNorm
@@ -50,7 +52,7 @@ def _keyed_tensors(
     """The model's parameters, its buffers, and the tensors of a list of batches."""
     batches = []
     if isinstance(data, (list, tuple)):  # cheap to look at; a DataLoader is not
-        batches = [t for batch in data for t in batch if isinstance(t, Tensor)]
+        batches = [t for batch in data for t in tensors_of(batch)]  # dict inputs too
     return list(model.parameters()), list(model.buffers()), batches
 
 

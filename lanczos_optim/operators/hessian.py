@@ -38,6 +38,16 @@ class HessianOperator(CurvatureOperator):
         precision: Arithmetic of the products: ``"highest"`` (default), ``"tf32"`` or
             ``"bf16"`` (forward under bfloat16 autocast); the products stay in the operator's
             dtype.
+        reduction: ``"mean"`` or ``"sum"`` for a loss that states no reduction (a lambda);
+            ``None`` reads it from the loss or checks it on the first batch.
+        outputs: Picks the tensor the loss takes from dict/tuple model outputs (a key, an
+            index or a function; default: a mapping's ``"logits"``).
+        check_deterministic: Refuse data that differ between passes (shuffled loaders, random
+            augmentation); see :class:`~lanczos_optim.CurvatureOperator`.
+
+    The other keywords, how batches are weighted (class weights and ``ignore_index``
+    included), and what is refused and why, are described in
+    :class:`~lanczos_optim.CurvatureOperator`.
 
     Example:
         >>> import torch
@@ -51,6 +61,8 @@ class HessianOperator(CurvatureOperator):
         >>> torch.allclose(dense, 2 * x.T @ x / 8)
         True
     """
+
+    _needs_output_tensor = False  # structured outputs may go to the loss whole
 
     def _build_product(self, x: Tensor, y: Tensor) -> Product:
         loss, _ = self._batch_loss(x, y)

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_product
+from lanczos_optim._outputs import select_outputs
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
 from lanczos_optim.optimizers._closure_curvature import (
@@ -233,6 +234,8 @@ class _LanczosNewtonBase(Optimizer):
                 "torch.no_grad()?)."
             )
         if curvature == "ggn":
+            if outputs is not None and not isinstance(outputs, Tensor):
+                outputs = self._select_outputs(outputs)
             if outputs is None:
                 raise self._protocol_error(
                     "curvature='ggn' needs the model outputs, but the closure returned only "
@@ -245,6 +248,15 @@ class _LanczosNewtonBase(Optimizer):
                 )
         return ret, outputs
 
+    def _select_outputs(self, outputs: object) -> Tensor:
+        """The logits of dict-like outputs (a ``ModelOutput``); other structures are refused."""
+        try:
+            return select_outputs(outputs, None, need_tensor=True, who=type(self).__name__)
+        except TypeError as err:
+            raise self._protocol_error(
+                f"{err} Return (loss, logits) with the tensor the loss was computed from."
+            ) from err
+
     def _check_no_backward(
         self, params: Sequence[Tensor], before: Sequence[tuple[Tensor | None, int]]
     ) -> None:
@@ -254,6 +266,16 @@ class _LanczosNewtonBase(Optimizer):
                 continue
             if bool(g.ne(0).any()):
                 raise self._protocol_error("the closure already called backward().")
+
+    def _warn_once_no_gradient(self) -> None:
+        if not getattr(self, "_warned_no_gradient", False):
+            self._warned_no_gradient = True
+            warnings.warn(
+                f"{type(self).__name__}: the loss depends on none of the optimised parameters; "
+                "the step changes nothing (this warning is shown once).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _skip(self, state: dict[str, Any], info: StepInfo, reason: str, loss: Tensor) -> Tensor:
         state["skipped_steps"] += 1
@@ -306,6 +328,7 @@ class _LanczosNewtonBase(Optimizer):
         index, direct = self._live_parameters(loss, outputs, use_ggn)
         if not index:
             info.reason = "no parameter received a gradient"
+            self._warn_once_no_gradient()
             self.last_info = info
             return loss.detach()
         live = [self._params[i] for i in index]

@@ -36,6 +36,22 @@ def spectra(model, data) -> dict[str, np.ndarray]:
         loss, grad = op.loss_and_gradient()
         out[f"{name}_loss"] = np.array([loss])
         out[f"{name}_grad"] = grad.numpy()
+    out.update(weighted(model, data))
+    return out
+
+
+def weighted(model, data) -> dict[str, np.ndarray]:
+    """Class weights and ignored targets: the normaliser is all-reduced with the products."""
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor([0.3, 1.7, 0.9], dtype=torch.float64))
+    data = [(x, y.masked_fill(x[:, 0] > 0.5, -100)) for x, y in data]  # per sample: any sharding
+    out = {}
+    for name, cls in (("hessian", HessianOperator), ("ggn", GGNOperator)):
+        op = cls(model, loss_fn, data)
+        v = torch.linspace(-1.0, 1.0, op.shape[0], dtype=torch.float64)
+        out[f"{name}_weighted_product"] = (op @ v).numpy()
+        loss, grad = op.loss_and_gradient()
+        out[f"{name}_weighted_loss"] = np.array([loss])
+        out[f"{name}_weighted_grad"] = grad.numpy()
     return out
 
 

@@ -528,3 +528,28 @@ def test_steps_above_the_dimension_are_capped_which_is_exact():
     same = lanczos(a, 4, v0=_ones())
     assert torch.equal(res.alpha, same.alpha)
     assert torch.equal(res.beta, same.beta)
+
+
+class _Asymmetric:
+    """A non-symmetric operator object (a dense tensor would be refused up front)."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a, self.shape, self.dtype = a, a.shape, a.dtype
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.a @ v
+
+
+def test_non_symmetric_operator_object_or_callable_warns() -> None:
+    import warnings
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 8, generator=gen, dtype=torch.float64)
+    sym = a + a.T
+    for op, kw in ((_Asymmetric(a), {}), (lambda v: a @ v, {"dim": 8, "dtype": torch.float64})):
+        with pytest.warns(RuntimeWarning, match="not symmetric"):
+            lanczos(op, 4, generator=torch.Generator().manual_seed(1), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a symmetric operator never warns
+        lanczos(_Asymmetric(sym), 8, generator=torch.Generator().manual_seed(1))
+        lanczos(_Asymmetric(sym.float()), 8, generator=torch.Generator().manual_seed(1))
