@@ -1,0 +1,228 @@
+r"""The backward protocol: curvature from what ``loss.backward(create_graph=True)`` left behind.
+
+Besides the closure protocol (the closure returns the attached loss and the optimiser
+differentiates it), the optimisers accept the protocol of AdaHessian and SophiaH:
+
+.. code-block:: python
+
+    loss.backward(create_graph=True)   # p.grad keeps its graph
+    optimizer.step()                   # or Lightning/Accelerate/HF calling step for you
+
+The gradient is read from ``p.grad`` (so gradient clipping and accumulation act on it), and
+Hessian products are backward passes through the gradients' graph:
+:math:`Hv = \nabla_w (\nabla_w L \cdot v)`. The GGN :math:`J^\top H_\ell J` needs the model
+outputs :math:`f` and :math:`\nabla_f \ell`; :class:`OutputRecorder` (``optimizer.attach(model)``)
+keeps them with a forward hook on the model and a gradient hook on its outputs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from lanczos_optim._graph_products import (
+    BatchedProduct,
+    gauss_newton_apply,
+    hessian_of_gradients,
+)
+
+CREATE_GRAPH_FIX = (
+    "call loss.backward(create_graph=True) (Lightning: override LightningModule.backward; "
+    "Accelerate: accelerator.backward(loss, create_graph=True)), or pass a closure that only "
+    "runs the forward pass and returns (loss, outputs)"
+)
+
+
+def select_output(out: Any) -> Tensor | None:
+    """The model output tensor the GGN linearises: the tensor, ``["logits"]`` or the first item.
+
+    Example:
+        >>> import torch
+        >>> t = torch.zeros(2)
+        >>> select_output(t) is t, select_output({"loss": t[0], "logits": t}) is t
+        (True, True)
+    """
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping):
+        logits = out.get("logits")
+        return logits if isinstance(logits, Tensor) else None
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    return None
+
+
+class _Record:
+    """One forward pass: the outputs, and the gradient of the loss with respect to them."""
+
+    __slots__ = ("g_out", "outputs")
+
+    def __init__(self, outputs: Tensor) -> None:
+        self.outputs = outputs
+        self.g_out: Tensor | None = None
+
+
+class OutputRecorder:
+    r"""Keeps the outputs of a module's forward passes and their gradients, for the GGN.
+
+    A forward hook records every output computed with grad enabled; a hook on the output
+    tensor keeps :math:`\nabla_f \ell` (with its graph under ``create_graph=True``) when the
+    backward pass reaches it. The optimiser takes the records at each step and clears them.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> rec = OutputRecorder()
+        >>> rec.attach(model)
+        >>> model(torch.ones(4, 3)).pow(2).sum().backward(create_graph=True)
+        >>> [r.g_out.requires_grad for r in rec.take()]
+        [True]
+    """
+
+    def __init__(self) -> None:
+        self.records: list[_Record] = []
+        self.frozen = False
+        self._handles: list[Any] = []
+
+    def attach(self, module: nn.Module) -> None:
+        """Register the forward hook on ``module`` (again: the old hook is removed)."""
+        self.detach()
+        self._handles.append(module.register_forward_hook(self._forward_hook))
+
+    def detach(self) -> None:
+        """Remove the hooks and forget the records."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.records.clear()
+
+    @property
+    def attached(self) -> bool:
+        """Whether a module is attached."""
+        return bool(self._handles)
+
+    def _forward_hook(self, module: nn.Module, args: Any, out: Any) -> None:
+        outputs = select_output(out)
+        if self.frozen or outputs is None or not outputs.requires_grad:
+            return
+        record = _Record(outputs)
+
+        def keep(grad: Tensor) -> None:
+            if not self.frozen and record.g_out is None:
+                record.g_out = grad
+
+        outputs.register_hook(keep)
+        self.records.append(record)
+
+    def last_outputs(self, since: int) -> Tensor | None:
+        """The outputs of the last forward pass recorded after the first ``since`` records."""
+        return self.records[-1].outputs if len(self.records) > since else None
+
+    def take(self) -> list[_Record]:
+        """The records whose gradient arrived; all records are forgotten."""
+        done = [r for r in self.records if r.g_out is not None]
+        self.records = []
+        return done
+
+
+class BackwardGraph(NamedTuple):
+    """What a backward pass left behind: the parameters it reached and their gradients."""
+
+    index: list[int]
+    grads: list[Tensor]
+
+    def hessian(self, params: Sequence[Tensor], scale: float) -> BatchedProduct:
+        """``v -> H v`` through the gradients' graph (divided by a loss scale)."""
+        product = hessian_of_gradients(self.grads, params)
+        return product if scale == 1.0 else _scaled(product, scale)
+
+    @staticmethod
+    def ggn(records: list[_Record], params: Sequence[Tensor], scale: float) -> BatchedProduct:
+        """``v -> sum_k J_k^T H_k J_k v`` over the recorded forward passes."""
+        applies = [gauss_newton_apply(r.outputs, params, _output_hessian(r)) for r in records]
+
+        def apply(vs: Sequence[Tensor], batch: int | None) -> list[Tensor]:
+            parts = [a(vs, batch) for a in applies]
+            return [sum(ts[1:], ts[0]) for ts in zip(*parts, strict=True)]  # type: ignore[misc]
+
+        product = BatchedProduct(apply)
+        return product if scale == 1.0 else _scaled(product, scale)
+
+
+def _output_hessian(record: _Record) -> Any:
+    g_out, outputs = record.g_out, record.outputs
+
+    def h_out(u: Tensor, batched: bool = False) -> Tensor:
+        if not g_out.requires_grad:  # a loss linear in the outputs
+            return torch.zeros_like(u)
+        (hu,) = torch.autograd.grad(
+            g_out, outputs, grad_outputs=u, retain_graph=True, is_grads_batched=batched
+        )
+        return hu
+
+    return h_out
+
+
+def _scaled(product: BatchedProduct, scale: float) -> BatchedProduct:
+    inner = product._apply
+    return BatchedProduct(lambda vs, batch: [t / scale for t in inner(vs, batch)])
+
+
+def gradients_with_graph(params: Sequence[Tensor]) -> BackwardGraph | None:
+    """The parameters whose ``p.grad`` carries a graph, or None when none does.
+
+    Raises:
+        RuntimeError: Some gradients carry a graph and others are plain tensors (a backward
+            without ``create_graph`` mixed in).
+    """
+    index = [i for i, p in enumerate(params) if p.requires_grad and p.grad is not None]
+    if not any(params[i].grad.requires_grad for i in index):  # type: ignore[union-attr]
+        return None
+    return BackwardGraph(index, [params[i].grad for i in index])  # type: ignore[misc]
+
+
+def returned_loss(ret: Any) -> Tensor | None:
+    """The loss a closure that ran backward itself returned (Lightning: detached), detached.
+
+    Example:
+        >>> import torch
+        >>> returned_loss(torch.tensor(2.0)), returned_loss(None)
+        (tensor(2.), None)
+    """
+    if isinstance(ret, (tuple, list)) and ret:
+        ret = ret[0]
+    if isinstance(ret, Mapping):
+        ret = ret.get("loss")
+    return ret.detach() if isinstance(ret, Tensor) and ret.numel() == 1 else None
+
+
+def changed_gradients(
+    params: Sequence[Tensor], before: Sequence[tuple[Tensor | None, int]]
+) -> bool:
+    """Whether a backward pass wrote non-zero gradients since ``before`` was taken."""
+    for p, (old, version) in zip(params, before, strict=True):
+        g = p.grad
+        if g is None or (g is old and g._version == version):
+            continue
+        if g.requires_grad or bool(g.ne(0).any()):
+            return True
+    return False
+
+
+def accumulation_steps() -> int:
+    """Accelerate's gradient accumulation steps when Accelerate is in use, else 1.
+
+    Example:
+        >>> accumulation_steps() >= 1
+        True
+    """
+    state = sys.modules.get("accelerate.state")
+    gradient_state = getattr(state, "GradientState", None)
+    if gradient_state is None or not gradient_state._shared_state:
+        return 1
+    kwargs = gradient_state._shared_state.get("plugin_kwargs") or {}
+    return int(kwargs.get("num_steps", 1))
