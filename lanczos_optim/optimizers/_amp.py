@@ -98,3 +98,21 @@ def grad_scaler_state(optimizer: object) -> tuple[Tensor | None, Tensor | None] 
     if not hasattr(optimizer, "found_inf"):
         return None
     return getattr(optimizer, "grad_scale", None), optimizer.found_inf
+
+
+def cast_hint(outputs: Tensor) -> str:
+    """A hint when the returned outputs are a dtype cast of what the loss used (bf16 autocast).
+
+    Example:
+        >>> import torch
+        >>> out = torch.ones(2, requires_grad=True).to(torch.bfloat16)
+        >>> cast_hint(out.float()).startswith(" The outputs are a cast")
+        True
+    """
+    node = outputs.grad_fn
+    if node is None or type(node).__name__ != "ToCopyBackward0":
+        return ""
+    return (
+        " The outputs are a cast (e.g. .float()) of the tensor the loss used: cast before the "
+        "loss (outputs = model(x).float(); loss = loss_fn(outputs, y)) and return those outputs."
+    )

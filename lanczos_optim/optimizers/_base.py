@@ -505,6 +505,7 @@ class _LanczosNewtonBase(Optimizer):
             if stop is not None and not reached_outputs:
                 raise self._protocol_error(
                     "the loss was not computed from the outputs the closure returned."
+                    + _amp.cast_hint(outputs)  # type: ignore[arg-type]
                 )
             via_outputs = _graph_leaves(stop)[0] if stop is not None else {id(outputs)}
         reached = direct | via_outputs
