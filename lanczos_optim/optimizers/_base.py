@@ -431,8 +431,8 @@ class _LanczosNewtonBase(Optimizer):
             backward = _protocols.gradients_with_graph(params)
             if backward is None:
                 raise self._protocol_error(
-                    "the closure already called backward() without create_graph=True (for the "
-                    "backward protocol call loss.backward(create_graph=True))."
+                    "the closure already called backward() without create_graph=True: "
+                    f"{_protocols.CREATE_GRAPH_FIX}."
                 )
             return _Evaluated(_protocols.returned_loss(ret), None, backward, t_closure)
         recorded = self._recorder.last_outputs(seen)

@@ -31,9 +31,11 @@ from lanczos_optim._graph_products import (
 )
 
 CREATE_GRAPH_FIX = (
-    "call loss.backward(create_graph=True) (Lightning: override LightningModule.backward; "
-    "Accelerate: accelerator.backward(loss, create_graph=True)), or pass a closure that only "
-    "runs the forward pass and returns (loss, outputs)"
+    "call loss.backward(create_graph=True) (Lightning: override LightningModule.backward with "
+    "'def backward(self, loss, *args, **kwargs): loss.backward(create_graph=True)'; Accelerate: "
+    "accelerator.backward(loss, create_graph=True); Hugging Face: a Trainer whose training_step "
+    "does that), or pass a closure that only runs the "
+    "forward pass and returns (loss, outputs)"
 )
 
 
@@ -214,15 +216,26 @@ def changed_gradients(
 
 
 def accumulation_steps() -> int:
-    """Accelerate's gradient accumulation steps when Accelerate is in use, else 1.
+    """Accelerate's gradient accumulation steps when an ``AcceleratedOptimizer`` calls, else 1.
+
+    Looks a few frames up the stack for ``AcceleratedOptimizer.step``, so that a plain loop in
+    a process that also ran Accelerate (its gradient state is process-wide) is not affected.
 
     Example:
-        >>> accumulation_steps() >= 1
-        True
+        >>> accumulation_steps()
+        1
     """
     state = sys.modules.get("accelerate.state")
     gradient_state = getattr(state, "GradientState", None)
     if gradient_state is None or not gradient_state._shared_state:
         return 1
-    kwargs = gradient_state._shared_state.get("plugin_kwargs") or {}
-    return int(kwargs.get("num_steps", 1))
+    frame = sys._getframe(1)
+    for _ in range(8):
+        if frame is None:
+            return 1
+        caller = frame.f_locals.get("self")
+        if frame.f_code.co_name == "step" and type(caller).__name__ == "AcceleratedOptimizer":
+            kwargs = gradient_state._shared_state.get("plugin_kwargs") or {}
+            return int(kwargs.get("num_steps", 1))
+        frame = frame.f_back
+    return 1
