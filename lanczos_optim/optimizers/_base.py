@@ -526,7 +526,10 @@ class _LanczosNewtonBase(Optimizer):
         product: BatchedProduct | None = None
         try:
             with torch.enable_grad():
-                if refresh and use_ggn:
+                compiled = self._recorder.compiled_record(outputs) if use_ggn else None
+                if refresh and compiled is not None:  # torch.compile: eager Jacobian products
+                    grads, product = _protocols.compiled_ggn(loss, compiled, live)
+                elif refresh and use_ggn:
                     grads, product = ggn_product(loss, outputs, live)  # type: ignore[arg-type]
                     if any(id(p) in direct for p in live):
                         # The loss also depends on parameters directly (not via the outputs),
@@ -618,6 +621,14 @@ class _LanczosNewtonBase(Optimizer):
                 )
             except FloatingPointError:
                 raise _SkipStep("non-finite curvature") from None
+            except RuntimeError as err:
+                if _protocols.is_compiled_double_backward(err):
+                    raise RuntimeError(
+                        f"{type(self).__name__}: torch.compile'd models cannot be differentiated "
+                        "twice; use curvature='ggn' with optimizer.attach(compiled_model) (eager "
+                        "curvature products on model._orig_mod)."
+                    ) from err
+                raise
             if not isinstance(kinfo, KrylovSolveInfo):  # pragma: no cover
                 raise RuntimeError("internal error: krylov_solve returned no info.")
             info.num_products = kinfo.num_products

@@ -18,7 +18,7 @@ keeps them with a forward hook on the model and a gradient hook on its outputs.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -59,13 +59,40 @@ def select_output(out: Any) -> Tensor | None:
 
 
 class _Record:
-    """One forward pass: the outputs, and the gradient of the loss with respect to them."""
+    """One forward pass: the outputs, and the gradient of the loss with respect to them.
 
-    __slots__ = ("g_out", "outputs")
+    For a ``torch.compile``'d module (whose graph cannot be differentiated twice) the record
+    also keeps the inputs, so that :meth:`jacobian_outputs` can re-run the original module
+    eagerly for the Jacobian products.
+    """
 
-    def __init__(self, outputs: Tensor) -> None:
+    __slots__ = ("g_out", "outputs", "rerun")
+
+    def __init__(self, outputs: Tensor, rerun: Callable[[], Tensor] | None = None) -> None:
         self.outputs = outputs
         self.g_out: Tensor | None = None
+        self.rerun = rerun
+
+    def jacobian_outputs(self) -> Tensor:
+        """Outputs whose graph gives the Jacobian products (an eager re-run when compiled)."""
+        return self.outputs if self.rerun is None else self.rerun()
+
+
+def _eager_rerun(module: nn.Module, args: Any, kwargs: Any) -> Callable[[], Tensor]:
+    """Re-run a compiled module's original module eagerly; its buffers are left as they were."""
+    original: nn.Module = module._orig_mod  # type: ignore[assignment]
+
+    def rerun() -> Tensor:
+        # Copies of the buffers: BatchNorm statistics are updated once, by the user's forward.
+        buffers = {n: b.detach().clone() for n, b in original.named_buffers()}
+        with torch.enable_grad():
+            out = torch.func.functional_call(original, buffers, tuple(args), dict(kwargs))
+        outputs = select_output(out)
+        if outputs is None:  # pragma: no cover - the compiled forward gave a tensor
+            raise RuntimeError("the eager re-run of the compiled module gave no tensor.")
+        return outputs
+
+    return rerun
 
 
 class OutputRecorder:
@@ -93,7 +120,7 @@ class OutputRecorder:
     def attach(self, module: nn.Module) -> None:
         """Register the forward hook on ``module`` (again: the old hook is removed)."""
         self.detach()
-        self._handles.append(module.register_forward_hook(self._forward_hook))
+        self._handles.append(module.register_forward_hook(self._forward_hook, with_kwargs=True))
 
     def detach(self) -> None:
         """Remove the hooks and forget the records."""
@@ -107,11 +134,12 @@ class OutputRecorder:
         """Whether a module is attached."""
         return bool(self._handles)
 
-    def _forward_hook(self, module: nn.Module, args: Any, out: Any) -> None:
+    def _forward_hook(self, module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
         outputs = select_output(out)
         if self.frozen or outputs is None or not outputs.requires_grad:
             return
-        record = _Record(outputs)
+        compiled = isinstance(getattr(module, "_orig_mod", None), nn.Module)
+        record = _Record(outputs, _eager_rerun(module, args, kwargs) if compiled else None)
 
         def keep(grad: Tensor) -> None:
             if not self.frozen and record.g_out is None:
@@ -119,6 +147,13 @@ class OutputRecorder:
 
         outputs.register_hook(keep)
         self.records.append(record)
+
+    def compiled_record(self, outputs: Tensor | None) -> _Record | None:
+        """The record of ``outputs`` if they came from a compiled module."""
+        for r in self.records:
+            if r.outputs is outputs and r.rerun is not None:
+                return r
+        return None
 
     def last_outputs(self, since: int) -> Tensor | None:
         """The outputs of the last forward pass recorded after the first ``since`` records."""
@@ -145,7 +180,9 @@ class BackwardGraph(NamedTuple):
     @staticmethod
     def ggn(records: list[_Record], params: Sequence[Tensor], scale: float) -> BatchedProduct:
         """``v -> sum_k J_k^T H_k J_k v`` over the recorded forward passes."""
-        applies = [gauss_newton_apply(r.outputs, params, _output_hessian(r)) for r in records]
+        applies = [
+            gauss_newton_apply(r.jacobian_outputs(), params, _output_hessian(r)) for r in records
+        ]
 
         def apply(vs: Sequence[Tensor], batch: int | None) -> list[Tensor]:
             parts = [a(vs, batch) for a in applies]
@@ -167,6 +204,28 @@ def _output_hessian(record: _Record) -> Any:
         return hu
 
     return h_out
+
+
+def compiled_ggn(
+    loss: Tensor, record: _Record, params: Sequence[Tensor]
+) -> tuple[list[Tensor], BatchedProduct]:
+    r"""Gradient and GGN for outputs of a compiled module (closure protocol).
+
+    The gradient is one backward pass through the compiled graph; :math:`H_\ell` comes from
+    the (eager) loss on the compiled outputs and :math:`J` from an eager re-run of the module.
+    """
+    outputs = record.outputs
+    (g_out,) = torch.autograd.grad(loss, outputs, create_graph=True)
+    full = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(full, params, strict=True)]
+    record.g_out = g_out
+    apply = gauss_newton_apply(record.jacobian_outputs(), params, _output_hessian(record))
+    return grads, BatchedProduct(apply)
+
+
+def is_compiled_double_backward(err: BaseException) -> bool:
+    """Whether ``err`` is aot_autograd refusing to differentiate a compiled graph twice."""
+    return "does not currently support double backward" in str(err)
 
 
 def _scaled(product: BatchedProduct, scale: float) -> BatchedProduct:
