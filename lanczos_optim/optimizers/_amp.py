@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge
+
+from lanczos_optim._graph_products import BatchedProduct, gauss_newton_apply
 
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 BF16_HINT = (
@@ -98,6 +101,50 @@ def grad_scaler_state(optimizer: object) -> tuple[Tensor | None, Tensor | None] 
     if not hasattr(optimizer, "found_inf"):
         return None
     return getattr(optimizer, "grad_scale", None), optimizer.found_inf
+
+
+def cast_source(outputs: Tensor) -> GradientEdge | None:
+    """Where ``outputs = x.float()`` (a dtype cast) reads ``x`` from, or None if not a cast.
+
+    Example:
+        >>> import torch
+        >>> x = torch.ones(2, dtype=torch.bfloat16, requires_grad=True) * 2
+        >>> cast_source(x.float()).node is x.grad_fn, cast_source(x)
+        (True, None)
+    """
+    node = outputs.grad_fn
+    if node is None or type(node).__name__ != "ToCopyBackward0":
+        return None
+    inner, nr = node.next_functions[0]
+    return None if inner is None else GradientEdge(inner, nr)
+
+
+def cast_ggn(
+    loss: Tensor, outputs: Tensor, source: GradientEdge, params: Sequence[Tensor]
+) -> tuple[list[Tensor], BatchedProduct]:
+    r"""Gradient and GGN when the closure returned ``out.float()`` but the loss used ``out``.
+
+    :math:`H_\ell` is taken with respect to ``out`` (through the autograd edge the cast reads
+    from, in ``out``'s dtype) and :math:`J` through the cast outputs; the cast is the identity
+    on the values, so this is the GGN of the loss the closure computed.
+    """
+    (g_out,) = torch.autograd.grad(loss, source, create_graph=True)
+    full = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(full, params, strict=True)]
+
+    def h_out(u: Tensor, batched: bool = False) -> Tensor:
+        if not g_out.requires_grad:
+            return torch.zeros_like(u)
+        (hu,) = torch.autograd.grad(
+            g_out,
+            source,
+            grad_outputs=u.to(g_out.dtype),
+            retain_graph=True,
+            is_grads_batched=batched,
+        )
+        return hu.to(u.dtype)
+
+    return grads, BatchedProduct(gauss_newton_apply(outputs, params, h_out))
 
 
 def cast_hint(outputs: Tensor) -> str:

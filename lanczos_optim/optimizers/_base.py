@@ -371,10 +371,11 @@ class _LanczosNewtonBase(Optimizer):
         scale = self._loss_scale(backward)
         if scale is None:
             return _quiet_skip(self, info, "GradScaler found inf/nan gradients", loss)
+        source = None  # where outputs.float() read from, when the loss used the uncast outputs
         if backward is not None:
             index, direct = backward.index, set()
         else:
-            index, direct = self._live_parameters(loss, outputs, use_ggn)  # type: ignore[arg-type]
+            index, direct, source = self._live_parameters(loss, outputs, use_ggn)  # type: ignore[arg-type]
         if not index:
             info.reason = "no parameter received a gradient"
             self.last_info = info
@@ -393,6 +394,7 @@ class _LanczosNewtonBase(Optimizer):
                     direct,
                     refresh,
                     use_ggn,
+                    source,
                 )
             info.gradient_seconds = time.perf_counter() - t_closure
             grads, flat_g = _mean_gradient(grads, live, hyper.weight_decay, info)
@@ -493,13 +495,19 @@ class _LanczosNewtonBase(Optimizer):
 
     def _live_parameters(
         self, loss: Tensor, outputs: Tensor | None, use_ggn: bool
-    ) -> tuple[list[int], set[int]]:
+    ) -> tuple[list[int], set[int], Any]:
         """Indices of the parameters that receive a gradient, and those the loss reaches directly.
 
-        Found by reading (not running) the graph; "directly" means not via the outputs.
+        Found by reading (not running) the graph; "directly" means not via the outputs. The
+        third item is the autograd edge the outputs were cast from (``out.float()`` returned,
+        the loss computed from ``out``; bf16 autocast), else None.
         """
         stop = outputs.grad_fn if use_ggn and outputs is not None else None
         direct, reached_outputs = _graph_leaves(loss.grad_fn, stop)
+        source = _amp.cast_source(outputs) if stop is not None and not reached_outputs else None
+        if source is not None:
+            direct, reached_outputs = _graph_leaves(loss.grad_fn, source.node)
+            source = source if reached_outputs else None
         via_outputs: set[int] = set()
         if use_ggn:
             if stop is not None and not reached_outputs:
@@ -510,7 +518,7 @@ class _LanczosNewtonBase(Optimizer):
             via_outputs = _graph_leaves(stop)[0] if stop is not None else {id(outputs)}
         reached = direct | via_outputs
         index = [i for i, p in enumerate(self._params) if p.requires_grad and id(p) in reached]
-        return index, direct
+        return index, direct, source
 
     # ------------------------------------------------------------------ phase 2: the basis
     def _differentiate(
@@ -521,6 +529,7 @@ class _LanczosNewtonBase(Optimizer):
         direct: set[int],
         refresh: bool,
         use_ggn: bool,
+        source: Any = None,
     ) -> tuple[list[Tensor], BatchedProduct | None]:
         """The gradient of ``live``, and the curvature product when a fresh basis is due."""
         product: BatchedProduct | None = None
@@ -529,6 +538,8 @@ class _LanczosNewtonBase(Optimizer):
                 compiled = self._recorder.compiled_record(outputs) if use_ggn else None
                 if refresh and compiled is not None:  # torch.compile: eager Jacobian products
                     grads, product = _protocols.compiled_ggn(loss, compiled, live)
+                elif refresh and source is not None:  # outputs cast after the loss (autocast)
+                    grads, product = _amp.cast_ggn(loss, outputs, source, live)  # type: ignore[arg-type]
                 elif refresh and use_ggn:
                     grads, product = ggn_product(loss, outputs, live)  # type: ignore[arg-type]
                     if any(id(p) in direct for p in live):

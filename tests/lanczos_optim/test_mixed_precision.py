@@ -57,7 +57,26 @@ def test_bf16_autocast_with_outputs_cast_to_float32_trains() -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_outputs_cast_after_the_loss_name_the_fix() -> None:
+def test_outputs_cast_after_the_loss_give_the_ggn_of_the_uncast_outputs() -> None:
+    # float64 model, outputs returned cast to float32: the GGN through the cast equals the GGN
+    # of the outputs the loss used, up to float32 rounding of the products.
+    results = []
+    for cast in (False, True):
+        model, x, y = _setup()
+        model = model.double()
+        opt = LanczosNewton(model.parameters(), lanczos_steps=8, max_step_norm=None)
+
+        def closure(model: nn.Module = model, cast: bool = cast, x=x, y=y):
+            out = model(x.double())
+            loss = nn.functional.cross_entropy(out, y)
+            return loss, (out.float() if cast else out)
+
+        opt.step(closure)
+        results.append(_flat(model))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_outputs_cast_after_the_loss_train() -> None:
     model, x, y = _setup()
     opt = LanczosNewton(model.parameters(), lanczos_steps=4)
 
@@ -65,6 +84,22 @@ def test_outputs_cast_after_the_loss_name_the_fix() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
             loss = nn.functional.cross_entropy(out, y)
+        return loss, out.float()
+
+    first = float(opt.step(closure))
+    for _ in range(4):
+        last = float(opt.step(closure))
+    assert last < first
+
+
+def test_outputs_cast_from_another_tensor_name_the_fix() -> None:
+    model, x, y = _setup()
+    opt = LanczosNewton(model.parameters(), lanczos_steps=4)
+
+    def closure():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+            loss = nn.functional.cross_entropy(model(x + 1), y)
         return loss, out.float()
 
     with pytest.raises(
