@@ -124,8 +124,6 @@ class _LanczosNewtonBase(Optimizer):
     #: The closure returns the loss (with its graph) and the optimiser differentiates it itself;
     #: training loops (e.g. ``diagnostics.train_step``) read this to pick the step protocol.
     differentiates_closure: ClassVar[bool] = True
-    #: GradScaler calls step() directly and leaves the scale to the optimiser (see _amp).
-    _step_supports_amp_scaling: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -238,6 +236,16 @@ class _LanczosNewtonBase(Optimizer):
             False
         """
         self._recorder.detach()
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether ``GradScaler.step`` should leave the loss scale to :meth:`step` (see _amp).
+
+        True, except while :meth:`step` runs the closure: no GradScaler steps the optimiser
+        from in there, while Lightning's bf16 gradient clipping asks there and refuses to clip
+        for an optimiser that unscales itself.
+        """
+        return not getattr(self, "_in_closure", False)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -426,8 +434,12 @@ class _LanczosNewtonBase(Optimizer):
         candidates = [p for p in params if p.requires_grad]
         before = [(p.grad, p.grad._version if p.grad is not None else 0) for p in candidates]
         seen = len(self._recorder.records)
-        with torch.enable_grad():
-            ret = closure()
+        self._in_closure = True
+        try:
+            with torch.enable_grad():
+                ret = closure()
+        finally:
+            self._in_closure = False
         t_closure = time.perf_counter()
         if _protocols.changed_gradients(candidates, before):
             backward = _protocols.gradients_with_graph(params)

@@ -69,10 +69,10 @@ def test_lightning_automatic_optimisation_trains(name: str) -> None:
     assert all(p.grad is None or p.grad.grad_fn is None for p in module.parameters())
 
 
-def test_lightning_bf16_mixed_trains() -> None:
+def test_lightning_bf16_mixed_with_clipping_trains() -> None:
     pytest.importorskip("lightning")
     module = _example("lightning_example").DigitsClassifier("LanczosNewton")
-    _fit(module, precision="bf16-mixed")
+    _fit(module, precision="bf16-mixed", gradient_clip_val=0.5)
     assert module.losses[-1] < module.losses[0]
     assert all(p.dtype == torch.float32 for p in module.parameters())
 
