@@ -53,8 +53,8 @@ class LanczosNewton(_LanczosNewtonBase):
     ``step()``, as AdaHessian and SophiaH take it -- or with a closure that runs that backward
     itself (Lightning's), the gradient is read from ``p.grad`` (so clipping and accumulation act
     on it) and the Hessian products are backward passes through its graph; the GGN takes the
-    outputs that :meth:`attach` recorded. It gives the step of the closure protocol; the closure
-    is cheaper. A ``backward()`` without ``create_graph`` is refused with a one-line error that
+    outputs that :meth:`attach` recorded. It gives the step of the closure protocol, at about
+    the same cost. A ``backward()`` without ``create_graph`` is refused with a one-line error that
     says what to change. ``docs/guides/integrations.md`` shows Lightning, Accelerate, the
     Hugging Face ``Trainer``, ``torch.compile`` and mixed precision (the optimiser's own
     arithmetic runs outside any autocast; a ``GradScaler``'s scale is divided out).
