@@ -86,6 +86,13 @@ def hessian_of_gradients(
     The gradients may come from :func:`torch.autograd.grad` or from
     ``loss.backward(create_graph=True)`` (then ``p.grad``); each product is one backward pass
     through their graph.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> (w**3).sum().backward(create_graph=True)
+        >>> hessian_of_gradients([w.grad], [w])([torch.tensor([1.0, 0.0])])  # diag(6 w)
+        [tensor([6., 0.])]
     """
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
@@ -153,6 +160,13 @@ def gauss_newton_apply(
 
     :math:`J` is the Jacobian of ``outputs`` (attached to their graph) with respect to
     ``params``; ``h_out(u, batched)`` multiplies by the output-space Hessian :math:`H`.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> apply = gauss_newton_apply(3 * w, [w], lambda u, batched=False: 2 * u)
+        >>> apply([torch.tensor([1.0, 0.0])], None)  # J = 3 I, H = 2 I: 18 v
+        [tensor([18., 0.])]
     """
     dummy = torch.zeros_like(outputs, requires_grad=True)
     jt_dummy = torch.autograd.grad(

@@ -127,6 +127,16 @@ def cast_ggn(
     :math:`H_\ell` is taken with respect to ``out`` (through the autograd edge the cast reads
     from, in ``out``'s dtype) and :math:`J` through the cast outputs; the cast is the identity
     on the values, so this is the GGN of the loss the closure computed.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+        >>> out = 3 * w
+        >>> loss = (out**2).sum()  # H = 2 I in the outputs, J = 3 I: GGN = 18 I
+        >>> cast = out.float()
+        >>> grads, product = cast_ggn(loss, cast, cast_source(cast), [w])
+        >>> grads[0].tolist(), product([torch.tensor([1.0, 0.0], dtype=torch.float64)])[0].tolist()
+        ([18.0, 36.0], [18.0, 0.0])
     """
     (g_out,) = torch.autograd.grad(loss, source, create_graph=True)
     full = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)

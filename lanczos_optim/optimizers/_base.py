@@ -173,6 +173,15 @@ class _LanczosNewtonBase(Optimizer):
             ValueError: On an invalid option, a shared option (``damping``, ``lanczos_steps``,
                 ``curvature``, ...) that differs from the first group's, or parameters of
                 another dtype or device than the others.
+
+        Example:
+            >>> import torch
+            >>> from lanczos_optim import LanczosNewton
+            >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+            >>> opt = LanczosNewton(model[0].parameters())
+            >>> opt.add_param_group({"params": model[1].parameters(), "lr": 0.5})
+            >>> [g["lr"] for g in opt.param_groups]
+            [1.0, 0.5]
         """
         name = type(self).__name__
         super().add_param_group(param_group)
@@ -244,6 +253,12 @@ class _LanczosNewtonBase(Optimizer):
         True, except while :meth:`step` runs the closure: no GradScaler steps the optimiser
         from in there, while Lightning's bf16 gradient clipping asks there and refuses to clip
         for an optimiser that unscales itself.
+
+        Example:
+            >>> import torch
+            >>> from lanczos_optim import LanczosNewton
+            >>> LanczosNewton([torch.nn.Parameter(torch.ones(2))])._step_supports_amp_scaling
+            True
         """
         return not getattr(self, "_in_closure", False)
 

@@ -82,7 +82,12 @@ def per_coordinate(
 
 
 def all_params(groups: Sequence[dict[str, Any]]) -> list[Tensor]:
-    """The parameters of all groups, in order."""
+    """The parameters of all groups, in order.
+
+    Example:
+        >>> all_params([{"params": [1, 2]}, {"params": [3]}])
+        [1, 2, 3]
+    """
     return [p for g in groups for p in g["params"]]
 
 
@@ -92,6 +97,17 @@ def warn_scheduled_momentum(owner: Any, groups: Sequence[dict[str, Any]]) -> Non
     Those schedulers write ``max_momentum`` into the groups and cycle ``momentum``; the
     optimisers honour it as heavy-ball momentum on the Newton direction, which the user may not
     have meant (the default is no momentum).
+
+    Example:
+        >>> import warnings
+        >>> class Opt:
+        ...     pass
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     for _ in range(2):
+        ...         warn_scheduled_momentum(Opt, [{"momentum": 0.9, "max_momentum": 0.95}])
+        >>> len(caught)
+        1
     """
     if getattr(owner, "_warned_momentum", False) or "max_momentum" not in groups[0]:
         return

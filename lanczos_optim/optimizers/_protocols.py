@@ -64,6 +64,12 @@ class _Record:
     For a ``torch.compile``'d module (whose graph cannot be differentiated twice) the record
     also keeps the inputs, so that :meth:`jacobian_outputs` can re-run the original module
     eagerly for the Jacobian products.
+
+    Example:
+        >>> import torch
+        >>> out = torch.ones(2, requires_grad=True) * 2
+        >>> _Record(out).jacobian_outputs() is out
+        True
     """
 
     __slots__ = ("g_out", "outputs", "rerun")
@@ -74,12 +80,31 @@ class _Record:
         self.rerun = rerun
 
     def jacobian_outputs(self) -> Tensor:
-        """Outputs whose graph gives the Jacobian products (an eager re-run when compiled)."""
+        """Outputs whose graph gives the Jacobian products (an eager re-run when compiled).
+
+        Example:
+            >>> import torch
+            >>> x = torch.ones(1, requires_grad=True)
+            >>> _Record(x * 2, rerun=lambda: x * 3).jacobian_outputs().item()
+            3.0
+        """
         return self.outputs if self.rerun is None else self.rerun()
 
 
 def _eager_rerun(module: nn.Module, args: Any, kwargs: Any) -> Callable[[], Tensor]:
-    """Re-run a compiled module's original module eagerly; its buffers are left as they were."""
+    """Re-run a compiled module's original module eagerly; its buffers are left as they were.
+
+    Example:
+        >>> import torch
+        >>> class Compiled(torch.nn.Module):  # stands in for torch.compile's OptimizedModule
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self._orig_mod = torch.nn.BatchNorm1d(2)
+        >>> module = Compiled()
+        >>> out = _eager_rerun(module, (torch.randn(4, 2),), {})()
+        >>> out.shape, module._orig_mod.num_batches_tracked.item()  # statistics untouched
+        (torch.Size([4, 2]), 0)
+    """
     original: nn.Module = module._orig_mod  # type: ignore[assignment]
 
     def rerun() -> Tensor:
@@ -118,12 +143,29 @@ class OutputRecorder:
         self._handles: list[Any] = []
 
     def attach(self, module: nn.Module) -> None:
-        """Register the forward hook on ``module`` (again: the old hook is removed)."""
+        """Register the forward hook on ``module`` (again: the old hook is removed).
+
+        Example:
+            >>> import torch
+            >>> rec = OutputRecorder()
+            >>> rec.attach(torch.nn.Linear(2, 2))
+            >>> rec.attached
+            True
+        """
         self.detach()
         self._handles.append(module.register_forward_hook(self._forward_hook, with_kwargs=True))
 
     def detach(self) -> None:
-        """Remove the hooks and forget the records."""
+        """Remove the hooks and forget the records.
+
+        Example:
+            >>> import torch
+            >>> rec = OutputRecorder()
+            >>> rec.attach(torch.nn.Linear(2, 2))
+            >>> rec.detach()
+            >>> rec.attached
+            False
+        """
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -131,7 +173,12 @@ class OutputRecorder:
 
     @property
     def attached(self) -> bool:
-        """Whether a module is attached."""
+        """Whether a module is attached.
+
+        Example:
+            >>> OutputRecorder().attached
+            False
+        """
         return bool(self._handles)
 
     def _forward_hook(self, module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
@@ -149,37 +196,95 @@ class OutputRecorder:
         self.records.append(record)
 
     def compiled_record(self, outputs: Tensor | None) -> _Record | None:
-        """The record of ``outputs`` if they came from a compiled module."""
+        """The record of ``outputs`` if they came from a compiled module.
+
+        Example:
+            >>> import torch
+            >>> rec = OutputRecorder()
+            >>> model = torch.nn.Linear(2, 2)
+            >>> rec.attach(model)
+            >>> rec.compiled_record(model(torch.ones(1, 2))) is None  # not compiled
+            True
+        """
         for r in self.records:
             if r.outputs is outputs and r.rerun is not None:
                 return r
         return None
 
     def last_outputs(self, since: int) -> Tensor | None:
-        """The outputs of the last forward pass recorded after the first ``since`` records."""
+        """The outputs of the last forward pass recorded after the first ``since`` records.
+
+        Example:
+            >>> import torch
+            >>> rec = OutputRecorder()
+            >>> model = torch.nn.Linear(2, 2)
+            >>> rec.attach(model)
+            >>> out = model(torch.ones(1, 2))
+            >>> rec.last_outputs(0) is out, rec.last_outputs(1)
+            (True, None)
+        """
         return self.records[-1].outputs if len(self.records) > since else None
 
     def take(self) -> list[_Record]:
-        """The records whose gradient arrived; all records are forgotten."""
+        """The records whose gradient arrived; all records are forgotten.
+
+        Example:
+            >>> import torch
+            >>> rec = OutputRecorder()
+            >>> model = torch.nn.Linear(2, 2)
+            >>> rec.attach(model)
+            >>> _ = model(torch.ones(1, 2))  # a forward pass without backward
+            >>> rec.take(), rec.records
+            ([], [])
+        """
         done = [r for r in self.records if r.g_out is not None]
         self.records = []
         return done
 
 
 class BackwardGraph(NamedTuple):
-    """What a backward pass left behind: the parameters it reached and their gradients."""
+    """What a backward pass left behind: the parameters it reached and their gradients.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> (w**3).sum().backward(create_graph=True)
+        >>> graph = gradients_with_graph([w])
+        >>> graph.index, graph.hessian([w], scale=2.0)([torch.ones(2)])  # diag(6 w) / 2
+        ([0], [tensor([3., 6.])])
+    """
 
     index: list[int]
     grads: list[Tensor]
 
     def hessian(self, params: Sequence[Tensor], scale: float) -> BatchedProduct:
-        """``v -> H v`` through the gradients' graph (divided by a loss scale)."""
+        """``v -> H v`` through the gradients' graph (divided by a loss scale).
+
+        Example:
+            >>> import torch
+            >>> w = torch.tensor([1.0], requires_grad=True)
+            >>> (w**2).sum().backward(create_graph=True)
+            >>> BackwardGraph([0], [w.grad]).hessian([w], 1.0)([torch.ones(1)])
+            [tensor([2.])]
+        """
         product = hessian_of_gradients(self.grads, params)
         return product if scale == 1.0 else _scaled(product, scale)
 
     @staticmethod
     def ggn(records: list[_Record], params: Sequence[Tensor], scale: float) -> BatchedProduct:
-        """``v -> sum_k J_k^T H_k J_k v`` over the recorded forward passes."""
+        """``v -> sum_k J_k^T H_k J_k v`` over the recorded forward passes.
+
+        Example:
+            >>> import torch
+            >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+            >>> rec = OutputRecorder()
+            >>> model = torch.nn.Identity()
+            >>> rec.attach(model)
+            >>> for _ in range(2):  # two micro-batches: the GGN (2 I each) adds up
+            ...     (model(w) ** 2).sum().backward(create_graph=True)
+            >>> BackwardGraph.ggn(rec.take(), [w], 1.0)([torch.ones(2)])
+            [tensor([4., 4.])]
+        """
         applies = [
             gauss_newton_apply(r.jacobian_outputs(), params, _output_hessian(r)) for r in records
         ]
@@ -213,6 +318,15 @@ def compiled_ggn(
 
     The gradient is one backward pass through the compiled graph; :math:`H_\ell` comes from
     the (eager) loss on the compiled outputs and :math:`J` from an eager re-run of the module.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> out = 3 * w
+        >>> record = _Record(out, rerun=lambda: 3 * w)  # as if compiled: J from the re-run
+        >>> grads, product = compiled_ggn((out**2).sum(), record, [w])
+        >>> grads[0].tolist(), product([torch.tensor([1.0, 0.0])])[0].tolist()
+        ([18.0, 36.0], [18.0, 0.0])
     """
     outputs = record.outputs
     (g_out,) = torch.autograd.grad(loss, outputs, create_graph=True)
@@ -224,7 +338,13 @@ def compiled_ggn(
 
 
 def is_compiled_double_backward(err: BaseException) -> bool:
-    """Whether ``err`` is aot_autograd refusing to differentiate a compiled graph twice."""
+    """Whether ``err`` is aot_autograd refusing to differentiate a compiled graph twice.
+
+    Example:
+        >>> err = RuntimeError("aot_autograd does not currently support double backward")
+        >>> is_compiled_double_backward(err)
+        True
+    """
     return "does not currently support double backward" in str(err)
 
 
@@ -234,11 +354,17 @@ def _scaled(product: BatchedProduct, scale: float) -> BatchedProduct:
 
 
 def gradients_with_graph(params: Sequence[Tensor]) -> BackwardGraph | None:
-    """The parameters whose ``p.grad`` carries a graph, or None when none does.
+    """The parameters with a gradient, if any ``p.grad`` carries a graph; else None.
 
-    Raises:
-        RuntimeError: Some gradients carry a graph and others are plain tensors (a backward
-            without ``create_graph`` mixed in).
+    A gradient without a graph among them (e.g. of a parameter the loss is linear in) gives
+    zero Hessian products.
+
+    Example:
+        >>> import torch
+        >>> w = torch.ones(2, requires_grad=True)
+        >>> (w**2).sum().backward()
+        >>> gradients_with_graph([w]) is None  # a plain backward leaves no graph
+        True
     """
     index = [i for i, p in enumerate(params) if p.requires_grad and p.grad is not None]
     if not any(params[i].grad.requires_grad for i in index):  # type: ignore[union-attr]
@@ -264,7 +390,16 @@ def returned_loss(ret: Any) -> Tensor | None:
 def changed_gradients(
     params: Sequence[Tensor], before: Sequence[tuple[Tensor | None, int]]
 ) -> bool:
-    """Whether a backward pass wrote non-zero gradients since ``before`` was taken."""
+    """Whether a backward pass wrote non-zero gradients since ``before`` was taken.
+
+    Example:
+        >>> import torch
+        >>> w = torch.ones(2, requires_grad=True)
+        >>> before = [(w.grad, 0)]
+        >>> changed = w.sum().backward()
+        >>> changed_gradients([w], before)
+        True
+    """
     for p, (old, version) in zip(params, before, strict=True):
         g = p.grad
         if g is None or (g is old and g._version == version):
