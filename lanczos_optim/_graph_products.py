@@ -120,13 +120,33 @@ def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor
         True
     """
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    detached = _fill([None if g is None else g.detach() for g in grads], params)
+    return detached, hessian_of_gradients(grads, params)
+
+
+def hessian_of_gradients(
+    grads: Sequence[Tensor | None], params: Sequence[Tensor]
+) -> BatchedProduct:
+    """``v -> H v`` from gradients that still carry their graph (``create_graph=True``).
+
+    The gradients may come from :func:`torch.autograd.grad` or from
+    ``loss.backward(create_graph=True)`` (then ``p.grad``); each product is one backward pass
+    through their graph.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> (w**3).sum().backward(create_graph=True)
+        >>> hessian_of_gradients([w.grad], [w])([torch.tensor([1.0, 0.0])])  # diag(6 w)
+        [tensor([6., 0.])]
+    """
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
     def apply(vs: Sequence[Tensor], batch: int | None) -> list[Tensor]:
         if not live:
             return _fill([None] * len(params), params, batch=batch)
         hv = torch.autograd.grad(
-            [grads[i] for i in live],
+            [grads[i] for i in live],  # type: ignore[misc]
             params,
             grad_outputs=[vs[i] for i in live],
             retain_graph=True,
@@ -135,8 +155,7 @@ def hessian_product(loss: Tensor, params: Sequence[Tensor]) -> tuple[list[Tensor
         )
         return _fill(hv, params, batch=batch)
 
-    detached = _fill([None if g is None else g.detach() for g in grads], params)
-    return detached, BatchedProduct(apply)
+    return BatchedProduct(apply)
 
 
 def ggn_product(
@@ -188,11 +207,6 @@ def ggn_product(
     grads = torch.autograd.grad(
         outputs, params, grad_outputs=g_out.detach(), retain_graph=True, allow_unused=True
     )
-    dummy = torch.zeros_like(outputs, requires_grad=True)
-    jt_dummy = torch.autograd.grad(
-        outputs, params, grad_outputs=dummy, create_graph=True, allow_unused=True
-    )
-    live = [i for i, g in enumerate(jt_dummy) if g is not None and g.requires_grad]
 
     def h_out(u: Tensor, batched: bool = False) -> Tensor:
         if output_hessian is not None:
@@ -201,6 +215,31 @@ def ggn_product(
             g_out, outputs, grad_outputs=u, retain_graph=True, is_grads_batched=batched
         )
         return hu
+
+    detached = _fill([None if g is None else g.detach() for g in grads], params)
+    return detached, BatchedProduct(gauss_newton_apply(outputs, params, h_out))
+
+
+def gauss_newton_apply(
+    outputs: Tensor, params: Sequence[Tensor], h_out: Callable[[Tensor, bool], Tensor]
+) -> Callable[[Sequence[Tensor], int | None], list[Tensor]]:
+    r"""The product ``v -> J^T H J v`` (``apply(vs, batch)`` of :class:`BatchedProduct`).
+
+    :math:`J` is the Jacobian of ``outputs`` (attached to their graph) with respect to
+    ``params``; ``h_out(u, batched)`` multiplies by the output-space Hessian :math:`H`.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> apply = gauss_newton_apply(3 * w, [w], lambda u, batched=False: 2 * u)
+        >>> apply([torch.tensor([1.0, 0.0])], None)  # J = 3 I, H = 2 I: 18 v
+        [tensor([18., 0.])]
+    """
+    dummy = torch.zeros_like(outputs, requires_grad=True)
+    jt_dummy = torch.autograd.grad(
+        outputs, params, grad_outputs=dummy, create_graph=True, allow_unused=True
+    )
+    live = [i for i, g in enumerate(jt_dummy) if g is not None and g.requires_grad]
 
     def apply(vs: Sequence[Tensor], batch: int | None) -> list[Tensor]:
         if not live:
@@ -223,5 +262,4 @@ def ggn_product(
         )
         return _fill(gv, params, batch=batch)
 
-    detached = _fill([None if g is None else g.detach() for g in grads], params)
-    return detached, BatchedProduct(apply)
+    return apply

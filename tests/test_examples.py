@@ -245,7 +245,19 @@ def check_swap_optimizer(run: Run) -> None:
     assert all(math.isfinite(x) for x in losses)
 
 
+def check_framework_example(prefix: str) -> Callable[[Run], None]:
+    def check(run: Run) -> None:
+        nums = {k: v for k, v in run.numbers().items() if k.startswith(prefix)}
+        assert nums, run.stdout[-2000:]
+        for name, n in nums.items():
+            assert n["last_loss"] < n["first_loss"], (name, n)
+
+    return check
+
+
 CHECKS: dict[str, Callable[[Run], None]] = {
+    "lightning_example": check_framework_example("lightning."),
+    "huggingface_example": check_framework_example("huggingface."),
     "random_matrices": check_random_matrices,
     "fashion_mnist": check_fashion_mnist,
     "vgg16_cifar": check_vgg16_cifar,

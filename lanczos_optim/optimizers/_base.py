@@ -16,6 +16,7 @@ from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_p
 from lanczos_optim._outputs import select_outputs
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
+from lanczos_optim.optimizers import _amp, _param_groups, _protocols
 from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
     _mean_over_ranks,
@@ -151,28 +152,41 @@ class _LanczosNewtonBase(Optimizer):
             "block_size": block_size,
         }
         _validate(type(self).__name__, defaults)
+        self._recorder = _protocols.OutputRecorder()
         super().__init__(params, defaults)
         self.last_info: StepInfo | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_recorder", _protocols.OutputRecorder())
         for group in self.param_groups:  # state dicts saved before block_size existed
             group.setdefault("block_size", 1)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add the (only) parameter group; a second group raises ``ValueError``."""
+        """Add a parameter group; it shares the eigenbasis, only ``lr`` and ``weight_decay`` differ.
+
+        Raises:
+            ValueError: On an invalid option, a shared option (``damping``, ``lanczos_steps``,
+                ``curvature``, ...) that differs from the first group's, or parameters of
+                another dtype or device than the others.
+
+        Example:
+            >>> import torch
+            >>> from lanczos_optim import LanczosNewton
+            >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+            >>> opt = LanczosNewton(model[0].parameters())
+            >>> opt.add_param_group({"params": model[1].parameters(), "lr": 0.5})
+            >>> [g["lr"] for g in opt.param_groups]
+            [1.0, 0.5]
+        """
         name = type(self).__name__
-        if self.param_groups:
-            raise ValueError(
-                f"{name} doesn't support per-parameter options (parameter groups): all "
-                "parameters share one Lanczos eigenbasis; pass them as one group."
-            )
         super().add_param_group(param_group)
-        group = self.param_groups[0]
+        group = self.param_groups[-1]
         _validate(name, group)
-        params = group["params"]
-        for p in params:
+        _param_groups.check_shared(name, self.param_groups)
+        params = self._params
+        for p in group["params"]:
             if not p.is_floating_point() or p.is_complex():
                 raise ValueError(f"{name} needs real floating-point parameters; got {p.dtype}.")
         kinds = {(p.dtype, p.device) for p in params}
@@ -182,10 +196,73 @@ class _LanczosNewtonBase(Optimizer):
                 f"flat vector); got {sorted(str(k) for k in kinds)}."
             )
 
+    def attach(self, model: torch.nn.Module) -> _LanczosNewtonBase:
+        """Keep ``model``'s outputs, so that the GGN works without a ``(loss, outputs)`` closure.
+
+        Registers a forward hook on ``model`` (and a gradient hook on each output): in the
+        backward protocol (``loss.backward(create_graph=True); step()``, as Lightning, Accelerate
+        and Hugging Face run it) the GGN is built from the recorded outputs; a closure that
+        returns only the loss gets the outputs of its last forward pass. Outputs that are
+        dicts or model outputs give their ``logits``, tuples their first item. Call it again to
+        attach another module; :meth:`detach` removes the hook.
+
+        Returns:
+            The optimiser, so that ``opt = LanczosNewton(model.parameters()).attach(model)``.
+
+        Example:
+            >>> import torch
+            >>> from lanczos_optim import LanczosNewton
+            >>> _ = torch.manual_seed(0)
+            >>> model = torch.nn.Linear(4, 3)
+            >>> opt = LanczosNewton(model.parameters(), lanczos_steps=3).attach(model)
+            >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+            >>> losses = []
+            >>> for _ in range(3):
+            ...     loss = torch.nn.functional.cross_entropy(model(x), y)
+            ...     loss.backward(create_graph=True)
+            ...     opt.step()
+            ...     opt.zero_grad()
+            ...     losses.append(float(loss.detach()))
+            >>> losses[-1] < losses[0]
+            True
+        """
+        self._recorder.attach(model)
+        return self
+
+    def detach(self) -> None:
+        """Remove the hook of :meth:`attach`.
+
+        Example:
+            >>> import torch
+            >>> from lanczos_optim import LanczosNewton
+            >>> model = torch.nn.Linear(2, 2)
+            >>> opt = LanczosNewton(model.parameters()).attach(model)
+            >>> opt.detach()
+            >>> opt._recorder.attached
+            False
+        """
+        self._recorder.detach()
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether ``GradScaler.step`` should leave the loss scale to :meth:`step` (see _amp).
+
+        True, except while :meth:`step` runs the closure: no GradScaler steps the optimiser
+        from in there, while Lightning's bf16 gradient clipping asks there and refuses to clip
+        for an optimiser that unscales itself.
+
+        Example:
+            >>> import torch
+            >>> from lanczos_optim import LanczosNewton
+            >>> LanczosNewton([torch.nn.Parameter(torch.ones(2))])._step_supports_amp_scaling
+            True
+        """
+        return not getattr(self, "_in_closure", False)
+
     # ------------------------------------------------------------------ helpers
     @property
     def _params(self) -> list[Tensor]:
-        return self.param_groups[0]["params"]
+        return _param_groups.all_params(self.param_groups)
 
     def _global_state(self) -> dict[str, Any]:
         # Like LBFGS, global state lives on the first parameter, so state_dict/load cast it.
@@ -257,16 +334,6 @@ class _LanczosNewtonBase(Optimizer):
                 f"{err} Return (loss, logits) with the tensor the loss was computed from."
             ) from err
 
-    def _check_no_backward(
-        self, params: Sequence[Tensor], before: Sequence[tuple[Tensor | None, int]]
-    ) -> None:
-        for p, (old, version) in zip(params, before, strict=True):
-            g = p.grad
-            if g is None or (g is old and g._version == version):
-                continue
-            if bool(g.ne(0).any()):
-                raise self._protocol_error("the closure already called backward().")
-
     def _warn_once_no_gradient(self) -> None:
         if not getattr(self, "_warned_no_gradient", False):
             self._warned_no_gradient = True
@@ -277,7 +344,9 @@ class _LanczosNewtonBase(Optimizer):
                 stacklevel=3,
             )
 
-    def _skip(self, state: dict[str, Any], info: StepInfo, reason: str, loss: Tensor) -> Tensor:
+    def _skip(
+        self, state: dict[str, Any], info: StepInfo, reason: str, loss: Tensor | None
+    ) -> Tensor | None:
         state["skipped_steps"] += 1
         info.skipped, info.reason = True, reason
         warnings.warn(
@@ -288,53 +357,87 @@ class _LanczosNewtonBase(Optimizer):
             stacklevel=3,
         )
         self.last_info = info
-        return loss.detach()
+        return None if loss is None else loss.detach()
 
     # ------------------------------------------------------------------ the step
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
-        """Take one step; see the class docstring for the closure protocol.
+    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]
+        """Take one step; see the class docstring for the closure and backward protocols.
 
         The step runs in four phases: the closure (forward pass and protocol checks), the
         gradient and the curvature basis (a fresh Lanczos run, or the cached Ritz pairs), the
         direction (momentum, learning rate, ``max_step_norm``) and the bookkeeping, which
-        writes parameters, gradients and state only once nothing can fail any more.
+        writes parameters, gradients and state only once nothing can fail any more. The
+        closure runs under the caller's autocast; everything else runs with autocast off.
 
         Args:
             closure: Re-evaluates the model under ``torch.enable_grad()`` and returns the loss
-                (attached to its graph) or ``(loss, outputs)``. Required.
+                (attached to its graph) or ``(loss, outputs)``. Without a closure (or with one
+                that runs ``backward(create_graph=True)`` itself, as Lightning's does) the
+                gradients and their graph are read from ``p.grad``: the backward protocol.
 
         Returns:
-            The closure's loss, detached.
+            The closure's loss, detached (None without a closure).
 
         Raises:
-            RuntimeError: Without a closure, or when the closure breaks the protocol, or on
+            RuntimeError: When neither protocol applies (no closure and no gradient graph, a
+                backward without ``create_graph``), when the closure breaks the protocol, or on
                 sparse gradients.
         """
+        with _amp.outside_autocast(self._params[0].device, closure) as run:
+            try:
+                return self._step(run)
+            finally:
+                self._recorder.records.clear()
+                self._recorder.frozen = False
+
+    def _step(self, closure: Closure | None) -> Tensor | None:
         t_start = time.perf_counter()
         group = self.param_groups[0]
+        _param_groups.check_shared(type(self).__name__, self.param_groups)
+        _param_groups.warn_scheduled_momentum(self, self.param_groups)
         hyper = _Hyper.of(group)
         use_ggn = group["curvature"] == "ggn"
-        loss, outputs, t_closure = self._run_closure(closure, group["curvature"])
+        loss, outputs, backward, t_closure = self._run_closure(closure, group["curvature"])
+        self._recorder.frozen = True
         state = self._global_state()
         info = StepInfo(
             step=state["step"],
-            loss=float(_mean_over_ranks(loss.detach().reshape(1))),
+            loss=math.nan if loss is None else float(_mean_over_ranks(loss.detach().reshape(1))),
             lr=hyper.lr,
             damping=hyper.damping,
             closure_seconds=t_closure - t_start,
         )
-        if not math.isfinite(info.loss):
+        if loss is not None and not math.isfinite(info.loss):
             return self._skip(state, info, "non-finite loss", loss)
-        index, direct = self._live_parameters(loss, outputs, use_ggn)
+        scale = self._loss_scale(backward)
+        if scale is None:
+            return _quiet_skip(self, info, "GradScaler found inf/nan gradients", loss)
+        source = None  # where outputs.float() read from, when the loss used the uncast outputs
+        if backward is not None:
+            index, direct = backward.index, set()
+        else:
+            index, direct, source = self._live_parameters(loss, outputs, use_ggn)  # type: ignore[arg-type]
         if not index:
             info.reason = "no parameter received a gradient"
             self._warn_once_no_gradient()
             self.last_info = info
-            return loss.detach()
+            return None if loss is None else loss.detach()
         live = [self._params[i] for i in index]
+        hyper = hyper.per_parameter(self.param_groups, index, live)
         refresh = _basis_due(state, index, int(group["update_every"]))
         try:
-            grads, product = self._differentiate(loss, outputs, live, direct, refresh, use_ggn)
+            if backward is not None:
+                grads, product = self._from_backward(backward, live, refresh, use_ggn, scale)
+            else:
+                grads, product = self._differentiate(
+                    loss,  # type: ignore[arg-type]
+                    outputs,
+                    live,
+                    direct,
+                    refresh,
+                    use_ggn,
+                    source,
+                )
             info.gradient_seconds = time.perf_counter() - t_closure
             grads, flat_g = _mean_gradient(grads, live, hyper.weight_decay, info)
             with torch.no_grad():
@@ -346,49 +449,122 @@ class _LanczosNewtonBase(Optimizer):
         info.step = state["step"]
         _close_timings(info, t_start)
         self.last_info = info
-        return loss.detach()
+        return None if loss is None else loss.detach()
 
     # ------------------------------------------------------------------ phase 1: the closure
-    def _run_closure(self, closure: Closure | None, curvature: str) -> tuple[Tensor, Any, float]:
-        """Run the closure in grad mode; return its loss, its outputs and when it ended.
+    def _run_closure(self, closure: Closure | None, curvature: str) -> _Evaluated:
+        """Run the closure in grad mode; return its loss, outputs, backward graph and end time.
 
-        Raises the protocol errors: no closure, a malformed return value, a ``backward()``
-        inside the closure.
+        The backward protocol (no closure, or a closure that ran ``backward(create_graph=True)``)
+        gives the gradients with their graph instead of outputs. Raises the protocol errors.
         """
+        params = self._params
         if closure is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.step() requires a closure that runs the forward pass "
-                "and returns the loss (or (loss, outputs) for curvature='ggn'), e.g. "
-                "optimizer.step(closure)."
-            )
-        candidates = [p for p in self._params if p.requires_grad]
+            backward = _protocols.gradients_with_graph(params)
+            if backward is None:
+                raise self._no_graph_error(any(p.grad is not None for p in params))
+            return _Evaluated(None, None, backward, time.perf_counter())
+        self._refuse_closure_with(curvature)
+        candidates = [p for p in params if p.requires_grad]
         before = [(p.grad, p.grad._version if p.grad is not None else 0) for p in candidates]
-        with torch.enable_grad():
-            ret = closure()
+        seen = len(self._recorder.records)
+        self._in_closure = True
+        try:
+            with torch.enable_grad():
+                ret = closure()
+        finally:
+            self._in_closure = False
         t_closure = time.perf_counter()
+        if _protocols.changed_gradients(candidates, before):
+            backward = _protocols.gradients_with_graph(params)
+            if backward is None:
+                raise self._protocol_error(
+                    "the closure already called backward() without create_graph=True: "
+                    f"{_protocols.CREATE_GRAPH_FIX}."
+                )
+            return _Evaluated(_protocols.returned_loss(ret), None, backward, t_closure)
+        recorded = self._recorder.last_outputs(seen)
+        if isinstance(ret, Tensor) and curvature == "ggn" and recorded is not None:
+            ret = (ret, recorded)  # the outputs of the attached model (attach())
         loss, outputs = self._parse(ret, curvature)
-        self._check_no_backward(candidates, before)
-        return loss, outputs, t_closure
+        scale = _amp.scaler_scale_of(loss)
+        if scale is not None:
+            raise self._protocol_error(
+                f"the closure returned a loss scaled by a GradScaler (scale {scale}): return the "
+                f"unscaled loss ({_amp.BF16_HINT})."
+            )
+        return _Evaluated(loss, outputs, None, t_closure)
+
+    def _refuse_closure_with(self, curvature: str) -> None:
+        """Refuse what the closure protocol cannot do: GradScaler, accumulation (Accelerate)."""
+        name = type(self).__name__
+        if _amp.grad_scaler_state(self) is not None:
+            raise RuntimeError(
+                f"{name}.step(closure) under a GradScaler: {_amp.BF16_HINT}; or use the backward "
+                "protocol (scaler.scale(loss).backward(create_graph=True); scaler.step(opt))."
+            )
+        steps = _protocols.accumulation_steps()
+        if steps > 1:
+            raise RuntimeError(
+                f"{name}.step(closure) with Accelerate's gradient_accumulation_steps={steps}: "
+                "the skipped batches never reach the closure; use accelerator.backward(loss, "
+                "create_graph=True) and optimizer.step() without a closure."
+            )
+
+    def _no_graph_error(self, has_grads: bool) -> RuntimeError:
+        name = type(self).__name__
+        if has_grads:
+            return RuntimeError(
+                f"{name}.step() found gradients without a graph, so no curvature: "
+                f"{_protocols.CREATE_GRAPH_FIX}."
+            )
+        return RuntimeError(
+            f"{name}.step() requires a closure that runs the forward pass and returns the loss "
+            "(or (loss, outputs) for curvature='ggn'), e.g. optimizer.step(closure), or "
+            "gradients from loss.backward(create_graph=True) before step()."
+        )
+
+    def _loss_scale(self, backward: _protocols.BackwardGraph | None) -> float | None:
+        """The GradScaler's scale in the backward protocol (1 without); None: skip (inf found)."""
+        scaler = _amp.grad_scaler_state(self)
+        if scaler is None or backward is None:
+            return 1.0
+        grad_scale, found_inf = scaler
+        if grad_scale is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: scaler.unscale_(optimizer) before step() unscales p.grad "
+                f"but not its graph; clip with max_step_norm instead, or {_amp.BF16_HINT}."
+            )
+        if found_inf is not None and float(found_inf) > 0:
+            return None
+        return float(grad_scale)
 
     def _live_parameters(
         self, loss: Tensor, outputs: Tensor | None, use_ggn: bool
-    ) -> tuple[list[int], set[int]]:
+    ) -> tuple[list[int], set[int], Any]:
         """Indices of the parameters that receive a gradient, and those the loss reaches directly.
 
-        Found by reading (not running) the graph; "directly" means not via the outputs.
+        Found by reading (not running) the graph; "directly" means not via the outputs. The
+        third item is the autograd edge the outputs were cast from (``out.float()`` returned,
+        the loss computed from ``out``; bf16 autocast), else None.
         """
         stop = outputs.grad_fn if use_ggn and outputs is not None else None
         direct, reached_outputs = _graph_leaves(loss.grad_fn, stop)
+        source = _amp.cast_source(outputs) if stop is not None and not reached_outputs else None
+        if source is not None:
+            direct, reached_outputs = _graph_leaves(loss.grad_fn, source.node)
+            source = source if reached_outputs else None
         via_outputs: set[int] = set()
         if use_ggn:
             if stop is not None and not reached_outputs:
                 raise self._protocol_error(
                     "the loss was not computed from the outputs the closure returned."
+                    + _amp.cast_hint(outputs)  # type: ignore[arg-type]
                 )
             via_outputs = _graph_leaves(stop)[0] if stop is not None else {id(outputs)}
         reached = direct | via_outputs
         index = [i for i, p in enumerate(self._params) if p.requires_grad and id(p) in reached]
-        return index, direct
+        return index, direct, source
 
     # ------------------------------------------------------------------ phase 2: the basis
     def _differentiate(
@@ -399,12 +575,18 @@ class _LanczosNewtonBase(Optimizer):
         direct: set[int],
         refresh: bool,
         use_ggn: bool,
+        source: Any = None,
     ) -> tuple[list[Tensor], BatchedProduct | None]:
         """The gradient of ``live``, and the curvature product when a fresh basis is due."""
         product: BatchedProduct | None = None
         try:
             with torch.enable_grad():
-                if refresh and use_ggn:
+                compiled = self._recorder.compiled_record(outputs) if use_ggn else None
+                if refresh and compiled is not None:  # torch.compile: eager Jacobian products
+                    grads, product = _protocols.compiled_ggn(loss, compiled, live)
+                elif refresh and source is not None:  # outputs cast after the loss (autocast)
+                    grads, product = _amp.cast_ggn(loss, outputs, source, live)  # type: ignore[arg-type]
+                elif refresh and use_ggn:
                     grads, product = ggn_product(loss, outputs, live)  # type: ignore[arg-type]
                     if any(id(p) in direct for p in live):
                         # The loss also depends on parameters directly (not via the outputs),
@@ -432,6 +614,33 @@ class _LanczosNewtonBase(Optimizer):
                 "nn.Embedding(sparse=True)); use dense gradients."
             )
         return grads, product
+
+    def _from_backward(
+        self,
+        backward: _protocols.BackwardGraph,
+        live: list[Tensor],
+        refresh: bool,
+        use_ggn: bool,
+        scale: float,
+    ) -> tuple[list[Tensor], BatchedProduct | None]:
+        """The gradient in ``p.grad`` and the curvature from its graph (backward protocol)."""
+        grads = [g.detach() if scale == 1.0 else g.detach() / scale for g in backward.grads]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients (e.g. "
+                "nn.Embedding(sparse=True)); use dense gradients."
+            )
+        if not refresh:
+            return grads, None
+        if not use_ggn:
+            return grads, backward.hessian(live, scale)
+        records = self._recorder.take()
+        if not records:
+            raise RuntimeError(
+                f"{type(self).__name__}: curvature='ggn' in the backward protocol needs the model "
+                "outputs: call optimizer.attach(model) once, or use curvature='hessian'."
+            )
+        return grads, backward.ggn(records, live, scale)
 
     def _solve(
         self,
@@ -469,6 +678,14 @@ class _LanczosNewtonBase(Optimizer):
                 )
             except FloatingPointError:
                 raise _SkipStep("non-finite curvature") from None
+            except RuntimeError as err:
+                if _protocols.is_compiled_double_backward(err):
+                    raise RuntimeError(
+                        f"{type(self).__name__}: torch.compile'd models cannot be differentiated "
+                        "twice; use curvature='ggn' with optimizer.attach(compiled_model) (eager "
+                        "curvature products on model._orig_mod)."
+                    ) from err
+                raise
             if not isinstance(kinfo, KrylovSolveInfo):  # pragma: no cover
                 raise RuntimeError("internal error: krylov_solve returned no info.")
             info.num_products = kinfo.num_products
@@ -517,8 +734,11 @@ class _LanczosNewtonBase(Optimizer):
             update = update * scale
             norm = bound
         info.step_norm, info.step_scale = norm, scale
-        info.predicted_decrease = solve.info.predicted_decrease(hyper.lr * scale)
-        info.step_curvature = (hyper.lr * scale) ** 2 * solve.info.d_abs_curvature_d
+        if isinstance(hyper.lr, Tensor):  # per-group learning rates: no scalar quadratic model
+            info.predicted_decrease = info.step_curvature = math.nan
+        else:
+            info.predicted_decrease = solve.info.predicted_decrease(hyper.lr * scale)
+            info.step_curvature = (hyper.lr * scale) ** 2 * solve.info.d_abs_curvature_d
         return update, direction
 
     # ------------------------------------------------------------------ phase 4: bookkeeping
@@ -554,13 +774,36 @@ class _SkipStep(Exception):
     """A fault (non-finite gradient or curvature) that skips the step: nothing is written."""
 
 
-class _Hyper(NamedTuple):
-    """The group's hyperparameters, read once at the start of a step."""
+class _Evaluated(NamedTuple):
+    """What phase 1 found: the loss, the outputs, the backward graph, when the closure ended."""
 
-    lr: float
+    loss: Tensor | None
+    outputs: Tensor | None
+    backward: _protocols.BackwardGraph | None
+    t_closure: float
+
+
+class _Hyper(NamedTuple):
+    """The group's hyperparameters, read once at the start of a step.
+
+    ``lr`` and ``weight_decay`` become flat per-coordinate vectors when the parameter groups
+    of the live parameters differ in them (see :meth:`per_parameter`).
+    """
+
+    lr: float | Tensor
     damping: float
-    weight_decay: float
+    weight_decay: float | Tensor
     momentum: float
+
+    def per_parameter(
+        self, groups: list[dict[str, Any]], index: list[int], live: list[Tensor]
+    ) -> _Hyper:
+        """The same with each live parameter's own group ``lr`` and ``weight_decay``."""
+        if len(groups) == 1:
+            return self
+        lr = _param_groups.per_coordinate(groups, "lr", index, live)
+        wd = _param_groups.per_coordinate(groups, "weight_decay", index, live)
+        return self._replace(lr=lr, weight_decay=wd)
 
     @classmethod
     def of(cls, group: dict[str, Any]) -> _Hyper:
@@ -591,8 +834,17 @@ def _basis_due(state: dict[str, Any], index: list[int], every: int) -> bool:
     )
 
 
+def _quiet_skip(
+    opt: _LanczosNewtonBase, info: StepInfo, reason: str, loss: Tensor | None
+) -> Tensor | None:
+    """Skip without a warning (GradScaler skips steps with inf gradients as routine)."""
+    info.skipped, info.reason = True, reason
+    opt.last_info = info
+    return None if loss is None else loss.detach()
+
+
 def _mean_gradient(
-    grads: list[Tensor], live: list[Tensor], weight_decay: float, info: StepInfo
+    grads: list[Tensor], live: list[Tensor], weight_decay: float | Tensor, info: StepInfo
 ) -> tuple[list[Tensor], Tensor]:
     """The gradients (averaged over ranks) and the flat gradient with weight decay.
 
@@ -603,7 +855,7 @@ def _mean_gradient(
         grads = unflatten_vector(_mean_over_ranks(flatten_tensors(grads)), live)
     with torch.no_grad():
         flat_g = flatten_tensors(grads)
-        if weight_decay != 0.0:
+        if isinstance(weight_decay, Tensor) or weight_decay != 0.0:
             flat_g = flat_g + weight_decay * flatten_tensors(live)
         info.grad_norm = float(torch.linalg.vector_norm(flat_g))
     if not math.isfinite(info.grad_norm):

@@ -34,7 +34,9 @@ class _ClosureCurvature:
     vectors in one vmapped backward pass where the graph allows it.
     """
 
-    def __init__(self, product: BatchedProduct, live: list[Tensor], wd: float, like: Tensor):
+    def __init__(
+        self, product: BatchedProduct, live: list[Tensor], wd: float | Tensor, like: Tensor
+    ):
         self._product, self._live, self._wd = product, live, wd
         self.shape = (like.numel(), like.numel())
         self.dtype, self.device = like.dtype, like.device
@@ -42,7 +44,10 @@ class _ClosureCurvature:
 
     def _finish(self, out: Tensor, v: Tensor) -> Tensor:
         out = _mean_over_ranks(out)
-        return out + self._wd * v if self._wd != 0.0 else out
+        wd = self._wd
+        if isinstance(wd, Tensor):  # per-group weight decay: one value per coordinate
+            return out + (wd if v.ndim == 1 else wd[:, None]) * v
+        return out + wd * v if wd != 0.0 else out
 
     def matvec(self, v: Tensor) -> Tensor:
         with torch.enable_grad():

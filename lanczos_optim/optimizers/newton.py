@@ -50,6 +50,16 @@ class LanczosNewton(_LanczosNewtonBase):
     A standard ``torch.optim`` closure becomes a LanczosNewton closure by deleting
     ``loss.backward()`` and returning ``loss, outputs``.
 
+    **Backward protocol.** Without a closure -- ``loss.backward(create_graph=True)`` then
+    ``step()``, as AdaHessian and SophiaH take it -- or with a closure that runs that backward
+    itself (Lightning's), the gradient is read from ``p.grad`` (so clipping and accumulation act
+    on it) and the Hessian products are backward passes through its graph; the GGN takes the
+    outputs that :meth:`attach` recorded. It gives the step of the closure protocol, at about
+    the same cost. A ``backward()`` without ``create_graph`` is refused with a one-line error that
+    says what to change. ``docs/guides/integrations.md`` shows Lightning, Accelerate, the
+    Hugging Face ``Trainer``, ``torch.compile`` and mixed precision (the optimiser's own
+    arithmetic runs outside any autocast; a ``GradScaler``'s scale is divided out).
+
     **BatchNorm and train/eval.** The closure runs the model in whatever mode the user set, and
     that single forward pass is the only one per step: curvature products are further backward
     passes on the closure's graph and never re-run the forward, so BatchNorm running statistics
@@ -103,14 +113,16 @@ class LanczosNewton(_LanczosNewtonBase):
     space, the predicted quadratic decrease, the number of clipped Ritz values, the number of
     products and the time in products versus bookkeeping.
 
-    Only one parameter group is supported (like :class:`torch.optim.LBFGS`): all parameters
-    share one eigenbasis. All parameters must share one dtype and device; float32 and float64
-    are preserved. Sparse gradients are refused. ``state_dict()``/``load_state_dict()`` carry
-    the step counters, momentum buffers, a reused eigenbasis and the random generator of
-    ``krylov_start="random"``, so a reloaded optimiser continues bit for bit.
+    Parameter groups share one eigenbasis: ``lr`` and ``weight_decay`` may differ per group
+    (:math:`\lambda` and lr become per-coordinate, the step is scaled per group), the other
+    options must be equal in all groups. All parameters must share one dtype and device;
+    float32 and float64 are preserved. Sparse gradients are refused.
+    ``state_dict()``/``load_state_dict()`` carry the step counters, momentum buffers, a reused
+    eigenbasis and the random generator of ``krylov_start="random"``, so a reloaded optimiser
+    continues bit for bit.
 
     Args:
-        params: Parameters to optimise (one group).
+        params: Parameters to optimise, or parameter groups (own ``lr``/``weight_decay``).
         lr: Learning rate (default 1.0).
         damping: :math:`\delta > 0` (default 1.0).
         lanczos_steps: Lanczos steps = curvature products per step (default 20; capped at P).
@@ -120,7 +132,9 @@ class LanczosNewton(_LanczosNewtonBase):
         krylov_start: ``"gradient"`` (default) or ``"random"`` (a Gaussian start vector).
         update_every: Recompute the eigenbasis every this many steps (default 1: every step).
         max_step_norm: Trust-region bound on the update's norm :math:`\|\mathrm{lr}\,b\|`;
-            longer updates are scaled down to it (default 1.0; ``None``: no bound).
+            longer updates are scaled down to it (default 1.0; ``None``: no bound). In the
+            closure protocol it stands in for gradient clipping (there is no ``p.grad`` to clip
+            before the step).
         seed: Seed of the optimiser's own generator for ``krylov_start="random"``; ``None``
             (default) derives it from ``torch.initial_seed()``, so ``torch.manual_seed`` fixes
             the draws without the optimiser consuming the global random stream.
@@ -132,8 +146,8 @@ class LanczosNewton(_LanczosNewtonBase):
             the device (GPUs); on the CPU a vmapped pass costs about as much as the loop.
 
     Raises:
-        ValueError: On an invalid hyperparameter, several parameter groups, mixed dtypes or
-            devices, or non-floating parameters.
+        ValueError: On an invalid hyperparameter, a group that differs in a shared option,
+            mixed dtypes or devices, or non-floating parameters.
 
     Example:
         >>> import torch

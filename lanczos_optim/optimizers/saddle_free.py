@@ -37,11 +37,11 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
     direction is :func:`~lanczos_optim.krylov_solve` with ``transform="abs"``.
 
     The closure protocol, BatchNorm policy, costs, fault handling, per-step record
-    (:attr:`last_info`), single parameter group and ``state_dict`` behaviour are those of
-    :class:`~lanczos_optim.LanczosNewton`: the closure runs the forward pass only and returns
-    the attached loss, or ``(loss, outputs)`` for ``curvature="ggn"``; products never re-run
-    the forward, so BatchNorm buffers and train/eval flags change only through the user's own
-    forward pass.
+    (:attr:`last_info`), parameter groups, backward protocol and ``state_dict`` behaviour are
+    those of :class:`~lanczos_optim.LanczosNewton`: the closure runs the forward pass only and
+    returns the attached loss, or ``(loss, outputs)`` for ``curvature="ggn"``; products never
+    re-run the forward, so BatchNorm buffers and train/eval flags change only through the
+    user's own forward pass.
 
     **Defaults** (measured with ``benchmarks/optimizers.py``; see
     ``benchmarks/results/optimizers.md``). ``curvature="hessian"``: the absolute value only
@@ -65,7 +65,7 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
     ``max_step_norm=1`` and ``lanczos_steps=20`` as for LanczosNewton.
 
     Args:
-        params: Parameters to optimise (one group).
+        params: Parameters to optimise, or parameter groups (own ``lr``/``weight_decay``).
         lr: Learning rate (default 0.1).
         damping: :math:`\delta > 0` (default 1.0).
         lanczos_steps: Lanczos steps = curvature products per step (default 20; capped at P).
@@ -85,8 +85,8 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             the device (GPUs); on the CPU a vmapped pass costs about as much as the loop.
 
     Raises:
-        ValueError: On an invalid hyperparameter, several parameter groups, mixed dtypes or
-            devices, or non-floating parameters.
+        ValueError: On an invalid hyperparameter, a group that differs in a shared option,
+            mixed dtypes or devices, or non-floating parameters.
 
     Example:
         >>> import torch

@@ -77,10 +77,10 @@ def test_constructor_error_table(cls: type, case: str) -> None:
 
 PARAM_ERRORS = {
     "empty": (lambda m: [], ValueError, "empty parameter list"),
-    "two-groups": (
-        lambda m: [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.1}],
+    "two-groups-with-their-own-damping": (
+        lambda m: [{"params": m[0].parameters()}, {"params": m[2].parameters(), "damping": 0.1}],
         ValueError,
-        r"doesn't support per-parameter options \(parameter groups\)",
+        r"parameter group 1 sets damping=0.1 but group 0 has 1.0; all groups share one eigenbasis",
     ),
     "mixed-dtypes": (
         lambda m: [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, dtype=F64))],
@@ -103,11 +103,11 @@ def test_parameter_error_table(case: str) -> None:
         LanczosNewton(make(_model()))
 
 
-def test_add_param_group_later_is_refused() -> None:
+def test_add_param_group_later_refuses_a_shared_option() -> None:
     model = _model()
     opt = LanczosNewton(model[0].parameters())
-    with pytest.raises(ValueError, match="parameter groups"):
-        opt.add_param_group({"params": model[2].parameters()})
+    with pytest.raises(ValueError, match="sets lanczos_steps=3 but group 0 has 20"):
+        opt.add_param_group({"params": model[2].parameters(), "lanczos_steps": 3})
 
 
 # ----------------------------------------------------------------------------- closure protocol
