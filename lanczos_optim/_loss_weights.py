@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lanczos_optim._graph_products import check_scalar_loss
+
 #: Reductions a data-set curvature can be built from.
 REDUCTIONS = ("mean", "sum")
 
@@ -95,8 +97,8 @@ def _read(loss_fn: object) -> LossReduction:
             kw.get("ignore_index", -100),
         )
     reduction = getattr(loss_fn, "reduction", None)
-    if not isinstance(reduction, str):
-        return LossReduction(None)
+    if not isinstance(reduction, str) or _normal(reduction) not in REDUCTIONS:
+        return LossReduction(None)  # e.g. a custom loss saying "none" but returning a sum
     if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
         return LossReduction(_normal(reduction), True, loss_fn.weight, int(loss_fn.ignore_index))
     return LossReduction(_normal(reduction))
@@ -160,7 +162,7 @@ def detect_reduction(
         raise ValueError(f"{hint} (its first batch of {n} cannot be split to check it).")
     k = n // 2
     with torch.no_grad():
-        whole = float(loss_fn(outputs, targets))  # type: ignore[operator]
+        whole = float(check_scalar_loss(loss_fn(outputs, targets)))  # type: ignore[operator]
         first = float(loss_fn(outputs[:k], targets[:k]))  # type: ignore[operator]
         second = float(loss_fn(outputs[k:], targets[k:]))  # type: ignore[operator]
     scale = abs(whole) + abs(first) + abs(second)

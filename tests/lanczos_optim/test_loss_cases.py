@@ -68,6 +68,16 @@ def _dense_like(shape: str) -> Tensor:
 
 _W = torch.tensor([0.3, 1.7, 0.9], dtype=torch.float64)
 
+
+class _SumOfUnreduced(nn.Module):
+    """A custom loss whose ``reduction`` attribute says ``"none"`` but which returns a sum."""
+
+    reduction = "none"
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs, targets, reduction="none").sum()
+
+
 #: name -> (loss, targets(shape), truth loss or None (= the loss), wrap model in log_softmax)
 CASES = {
     "ce_mean": (lambda: nn.CrossEntropyLoss(), lambda s: _classes(s, False)),
@@ -113,6 +123,7 @@ CASES = {
         lambda s: _classes(s, False),
     ),
     "lambda_mse_mean": (lambda: lambda o, y: F.mse_loss(o, y), _dense_like),
+    "module_reduction_none_sum": (_SumOfUnreduced, lambda s: _classes(s, True)),
 }
 
 
