@@ -42,8 +42,17 @@ def _describe(out: object) -> str:
     return type(out).__name__
 
 
-def select_outputs(out: object, selector: OutputSelector, *, need_tensor: bool, who: str) -> Any:
+#: How to pick the tensor, told by the operators and spectra (which take ``outputs=``).
+_SELECT_FIX = "; pass outputs= a key, an index or a function that picks it (e.g. outputs='logits')"
+
+
+def select_outputs(
+    out: object, selector: OutputSelector, *, need_tensor: bool, who: str, fix: str = _SELECT_FIX
+) -> Any:
     """The part of the model's output ``out`` that the loss takes (see the module docstring).
+
+    ``fix`` ends the error when a tensor is needed and none is found (the optimisers, which
+    take no ``outputs=``, give ``""`` and say the fix themselves).
 
     Raises:
         ValueError: If ``selector`` selects nothing in ``out``.
@@ -64,8 +73,7 @@ def select_outputs(out: object, selector: OutputSelector, *, need_tensor: bool, 
     if need_tensor and not isinstance(out, Tensor):
         raise TypeError(
             f"{who} needs the output tensor the loss takes, but the model returned a "
-            f"{_describe(out)}; pass outputs= a key, an index or a function that picks it "
-            "(e.g. outputs='logits')."
+            f"{_describe(out)}{fix}."
         )
     return out
 
