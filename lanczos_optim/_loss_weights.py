@@ -51,22 +51,36 @@ class LossReduction:
             non-ignored class-index targets.
         class_weight: The ``weight=`` of a class loss, or ``None``.
         ignore_index: The ``ignore_index`` of a class loss.
+        stated: Whether the loss itself states the reduction (``False`` when it was given as
+            ``reduction=`` or found by :func:`detect_reduction`).
     """
 
     reduction: str | None
     by_class: bool = False
     class_weight: Tensor | None = None
     ignore_index: int = -100
+    stated: bool = True
 
-    def batch_weight(self, targets: object, n: int) -> Tensor | float:
+    def batch_weight(self, targets: object, n: int, single: bool = False) -> Tensor | float:
         r"""The batch's normaliser :math:`W_b`: its weight in the data-set mean.
 
         For a sum it is 1, or 0 for a batch of class targets that are all ignored (or of
         class weight 0), whose loss and curvature are zero: such a batch is skipped.
+
+        Raises:
+            ValueError: For a mean the loss does not state, over several batches (not
+                ``single``), with negative class targets: their count is unknown.
         """
         class_targets = (
             self.by_class and isinstance(targets, Tensor) and not targets.is_floating_point()
         )
+        if self.reduction == "mean" and not (self.stated or single) and _negative(targets):
+            raise ValueError(
+                f"targets hold class index {int(targets.min())} (ignore_index padding?), so the "
+                "mean of a loss that states no reduction divides by an unknown count; use "
+                "nn.CrossEntropyLoss/nn.NLLLoss (or functools.partial of F.cross_entropy), a "
+                "sum-reduced loss, or give the data as one batch."
+            )
         if self.reduction == "sum":
             return (self._class_sum(targets) > 0).double() if class_targets else 1.0
         if class_targets:
@@ -81,6 +95,18 @@ class LossReduction:
             return keep.sum(dtype=torch.float64)
         w = self.class_weight.to(targets.device, torch.float64)
         return w[targets[keep]].sum()
+
+
+def _negative(targets: object) -> bool:
+    """Integer targets with a negative entry: only an ``ignore_index`` can be negative."""
+    return (
+        isinstance(targets, Tensor)
+        and not targets.is_floating_point()
+        and not targets.is_complex()
+        and targets.dtype != torch.bool
+        and targets.numel() > 0
+        and bool((targets < 0).any())
+    )
 
 
 def _read(loss_fn: object) -> LossReduction:
@@ -119,7 +145,7 @@ def resolve_reduction(loss_fn: object, reduction: object = None) -> LossReductio
         raise ValueError(f"reduction must be None, 'mean' or 'sum'; got {reduction!r}.")
     read = _read(loss_fn)
     if reduction is None or read.reduction is None:
-        return read if reduction is None else LossReduction(reduction)  # type: ignore[arg-type]
+        return read if reduction is None else LossReduction(reduction, stated=False)
     if read.reduction != reduction:
         raise ValueError(
             f"reduction={reduction!r} contradicts the loss's own reduction={read.reduction!r}."
@@ -227,4 +253,4 @@ class BatchWeights:
             with torch.no_grad():
                 found = detect_reduction(self.loss_fn, outputs(), targets, self.dtype)
             self.reduction = self._checked(resolve_reduction(self.loss_fn, found))
-        return self.reduction.batch_weight(targets, n)
+        return self.reduction.batch_weight(targets, n, self.single)

@@ -195,8 +195,9 @@ class CurvatureOperator:
     states none (a lambda, a plain function) is checked on the first batch of multi-batch
     data: its value against the mean and the sum of its two halves' values (three loss
     evaluations on outputs already computed); when it is neither (a weighted mean, say), the
-    normaliser cannot be known and the operator refuses with a ``ValueError``. One batch needs
-    no reduction.
+    normaliser cannot be known and the operator refuses with a ``ValueError``, as it does for
+    such a mean over batches whose class targets are negative (``ignore_index`` padding, whose
+    count it divides by). One batch needs no reduction.
 
     A loss linear in the model's outputs (``NLLLoss`` or ``KLDivLoss`` on log-probabilities)
     has a zero output Hessian: on log-probability outputs the GGN is that of the same loss on
@@ -357,7 +358,7 @@ class CurvatureOperator:
     def _batch_weight(self, y: object, n: int) -> Tensor | float:
         if self._reduction.reduction is None:  # one batch: its weight cancels
             return float(n)
-        return self._reduction.batch_weight(y, n)
+        return self._reduction.batch_weight(y, n, self._single_batch())
 
     def _forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
         """The model's outputs, with ``params`` (by name) in place of its own if given."""

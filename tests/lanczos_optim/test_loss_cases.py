@@ -287,3 +287,36 @@ def test_kldiv_on_log_probabilities_gets_the_softmax_ggn() -> None:
         model.inner, lambda o, y: F.cross_entropy(o, y), target
     )
     assert _rel(op @ torch.eye(op.shape[0], dtype=torch.float64), ggn) < 1e-10
+
+
+def _padded_after_first_batch() -> tuple[nn.Module, list[tuple[Tensor, Tensor]]]:
+    """Ignored targets only after the first batch: its halves pass the check for a mean."""
+    model, _, batches = _case("ce_mean", "mlp")
+    x, y = batches[1]
+    batches[1] = (x, y.clone().index_fill_(0, torch.tensor([0, 2]), -100))
+    return model, batches
+
+
+@pytest.mark.parametrize("reduction", [None, "mean"])
+@pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
+def test_unstated_mean_with_ignored_targets_is_refused(cls: type, reduction: str | None) -> None:
+    # Weighting batches by their sample count was silently off by 0.32 (Hessian).
+    model, batches = _padded_after_first_batch()
+    loss_fn = lambda o, y: F.cross_entropy(o, y)  # noqa: E731
+    op = cls(model, loss_fn, batches, reduction=reduction)
+    with pytest.raises(ValueError, match="class index -100") as info:
+        op @ torch.zeros(op.shape[0], dtype=torch.float64)
+    assert "\n" not in str(info.value)
+
+
+def test_unstated_reduction_with_ignored_targets_is_exact_where_it_can_be() -> None:
+    model, batches = _padded_after_first_batch()
+    eye = torch.eye(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    summed = lambda o, y: F.cross_entropy(o, y, reduction="sum")  # noqa: E731
+    hess, ggn, _, _ = dense_truth(model, summed, batches)
+    assert _rel(HessianOperator(model, summed, batches) @ eye, hess) < 1e-10
+    assert _rel(GGNOperator(model, summed, batches) @ eye, ggn) < 1e-10
+    mean = lambda o, y: F.cross_entropy(o, y)  # noqa: E731
+    whole = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    hess, _, _, _ = dense_truth(model, mean, [whole])
+    assert _rel(HessianOperator(model, mean, whole, reduction="mean") @ eye, hess) < 1e-10
