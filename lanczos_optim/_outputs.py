@@ -4,8 +4,8 @@ Models may return a dict, a tuple or a Hugging Face ``ModelOutput`` (a dict subc
 selector ``outputs=`` picks the tensor that the loss takes:
 
 * ``None`` (default): a tensor as it is; a mapping's ``"logits"`` entry when it has one; any
-  other structure is passed to the loss unchanged where only the loss needs it (the Hessian)
-  and refused where the curvature needs the output tensor (the GGN);
+  other structure is passed to the loss unchanged where only the loss needs it (the Hessian
+  of a loss other than torch's own) and refused where a tensor is needed (the GGN);
 * a key or an index: ``out[outputs]``;
 * a function: ``outputs(out)``.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 OutputSelector = str | int | Callable[[Any], Any] | None
 
@@ -76,6 +76,11 @@ def select_outputs(
             f"{_describe(out)}{fix}."
         )
     return out
+
+
+def takes_tensor(loss_fn: object) -> bool:
+    """Whether ``loss_fn`` is one of torch's own losses, which take the output tensor."""
+    return isinstance(loss_fn, nn.Module) and type(loss_fn).__module__ == "torch.nn.modules.loss"
 
 
 def is_inputs(obj: object) -> bool:

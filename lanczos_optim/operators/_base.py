@@ -20,6 +20,7 @@ from lanczos_optim._outputs import (
     inputs_size,
     is_inputs,
     select_outputs,
+    takes_tensor,
 )
 from lanczos_optim._precision import (
     check_precision,
@@ -214,7 +215,8 @@ class CurvatureOperator:
     Models may return a dict, a tuple or a Hugging Face ``ModelOutput``: ``outputs=`` selects
     the tensor the loss takes (a key, an index, or a function); by default a mapping's
     ``"logits"`` entry, and any other structure is passed whole to the loss for the Hessian
-    and refused for the GGN. Inputs may be a dict of tensors, passed as ``model(**inputs)``.
+    (unless the loss is one of torch's own) and refused for the GGN. Inputs may be a dict of
+    tensors, passed as ``model(**inputs)``.
 
     With ``cache_graphs``, each batch's autograd graph is built once and every later product is
     a backward pass through it (for the Hessian on the CNN of ``benchmarks/engine.py``, CPU:
@@ -373,9 +375,8 @@ class CurvatureOperator:
                 out = functional_call(self.model, state, args, kwargs)
             else:
                 out = self.model(*args, **kwargs)
-        out = select_outputs(
-            out, self.outputs, need_tensor=self._needs_output_tensor, who=type(self).__name__
-        )
+        need_tensor = self._needs_output_tensor or takes_tensor(self.loss_fn)
+        out = select_outputs(out, self.outputs, need_tensor=need_tensor, who=type(self).__name__)
         return outputs_in(out, self.dtype) if isinstance(out, Tensor) else out
 
     #: Whether the curvature needs the model's output tensor (the GGN) or only the loss.
