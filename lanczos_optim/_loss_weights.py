@@ -172,10 +172,13 @@ def detect_reduction(
 
     With :math:`L`, :math:`L_1`, :math:`L_2` the losses of the batch (size :math:`n`) and of its
     halves (sizes :math:`n_1, n_2`): a mean satisfies :math:`L = (n_1 L_1 + n_2 L_2)/n`, a sum
-    :math:`L = L_1 + L_2`. Costs three loss evaluations on the detached outputs.
+    :math:`L = L_1 + L_2`. Costs three loss evaluations on the detached outputs. With class
+    targets, a mean is also checked on a split by class (the samples of the first sample's
+    class, and the rest), which a class-weighted mean fails: two more evaluations.
 
     Raises:
-        ValueError: If the batch cannot be halved, or neither (or both) hold.
+        ValueError: If the batch cannot be halved, neither (or both) hold, or its class
+            targets are all one class.
     """
     hint = (
         "loss_fn states no reduction, so its batches cannot be weighted; pass reduction='mean' "
@@ -186,19 +189,35 @@ def detect_reduction(
     n = int(outputs.shape[0]) if outputs.ndim else 0
     if n < 2 or targets.ndim == 0 or targets.shape[0] != n:
         raise ValueError(f"{hint} (its first batch of {n} cannot be split to check it).")
-    k = n // 2
-    with torch.no_grad():
-        whole = float(check_scalar_loss(loss_fn(outputs, targets)))  # type: ignore[operator]
-        first = float(loss_fn(outputs[:k], targets[:k]))  # type: ignore[operator]
-        second = float(loss_fn(outputs[k:], targets[k:]))  # type: ignore[operator]
-    scale = abs(whole) + abs(first) + abs(second)
-    tol = math.sqrt(torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-6
-    is_mean = _close(whole, (k * first + (n - k) * second) / n, scale, tol)
-    is_sum = _close(whole, first + second, scale, tol)
+    halves = torch.arange(n, device=outputs.device) < n // 2
+    is_mean, is_sum = _split_agrees(loss_fn, outputs, targets, halves, dtype)
+    if is_mean and not is_sum and targets.ndim == 1 and not targets.is_floating_point():
+        # Class targets: a class-weighted mean passes the halves check when their class mix is
+        # alike, so split by class as well (a batch of one class cannot rule weights out).
+        same = targets == targets[0]
+        if bool(same.all()):
+            raise ValueError(f"{hint} (its first batch holds class {int(targets[0])} only).")
+        is_mean = _split_agrees(loss_fn, outputs, targets, same, dtype)[0]
     if is_mean != is_sum:
         return "mean" if is_mean else "sum"
     what = "both the mean and" if is_mean else "neither the mean nor"
     raise ValueError(f"{hint}: its value on a batch is {what} the sum of its halves' values.")
+
+
+def _split_agrees(
+    loss_fn: object, outputs: Tensor, targets: Tensor, part: Tensor, dtype: torch.dtype
+) -> tuple[bool, bool]:
+    """Whether the batch's loss is the mean, and the sum, of its two parts' (``part``, rest)."""
+    n, k = part.numel(), int(part.sum())
+    rest = ~part
+    with torch.no_grad():
+        whole = float(check_scalar_loss(loss_fn(outputs, targets)))  # type: ignore[operator]
+        first = float(loss_fn(outputs[part], targets[part]))  # type: ignore[operator]
+        second = float(loss_fn(outputs[rest], targets[rest]))  # type: ignore[operator]
+    scale = abs(whole) + abs(first) + abs(second)
+    tol = math.sqrt(torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-6
+    is_mean = _close(whole, (k * first + (n - k) * second) / n, scale, tol)
+    return is_mean, _close(whole, first + second, scale, tol)
 
 
 class BatchWeights:

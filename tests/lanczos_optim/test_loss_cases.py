@@ -320,3 +320,31 @@ def test_unstated_reduction_with_ignored_targets_is_exact_where_it_can_be() -> N
     whole = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
     hess, _, _, _ = dense_truth(model, mean, [whole])
     assert _rel(HessianOperator(model, mean, whole, reduction="mean") @ eye, hess) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "first", [[0, 0, 0, 0], [0, 1, 1, 0]], ids=["one_class", "halves_of_one_mix"]
+)
+def test_class_weighted_lambda_is_refused_when_its_first_batch_hides_the_weights(
+    first: list[int],
+) -> None:
+    # Both first batches pass the halves check for a mean; the weighting by sample count
+    # that followed was silently off by 0.69 (one class).
+    model, _, batches = _case("ce_weight", "mlp")
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([torch.tensor(first), torch.randint(0, C, (N - 4,))])
+    batches = [(x[:4], y[:4]), (x[4:9], y[4:9]), (x[9:], y[9:])]
+    loss_fn = lambda o, y: F.cross_entropy(o, y, weight=_W)  # noqa: E731
+    for cls in (HessianOperator, GGNOperator):
+        op = cls(model, loss_fn, batches)
+        with pytest.raises(ValueError, match="reduction='mean' or 'sum'"):
+            op @ torch.zeros(op.shape[0], dtype=torch.float64)
+
+
+def test_plain_lambda_passes_the_class_split_check() -> None:
+    model, _, batches = _case("ce_mean", "mlp")
+    loss_fn = lambda o, y: F.cross_entropy(o, y)  # noqa: E731
+    hess, ggn, _, _ = dense_truth(model, loss_fn, batches)
+    eye = torch.eye(hess.shape[0], dtype=torch.float64)
+    assert _rel(HessianOperator(model, loss_fn, batches) @ eye, hess) < 1e-10
+    assert _rel(GGNOperator(model, loss_fn, batches) @ eye, ggn) < 1e-10
