@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lanczos_optim._graph_products import check_scalar_loss
+
 #: Reductions a data-set curvature can be built from.
 REDUCTIONS = ("mean", "sum")
 
@@ -49,22 +51,36 @@ class LossReduction:
             non-ignored class-index targets.
         class_weight: The ``weight=`` of a class loss, or ``None``.
         ignore_index: The ``ignore_index`` of a class loss.
+        stated: Whether the loss itself states the reduction (``False`` when it was given as
+            ``reduction=`` or found by :func:`detect_reduction`).
     """
 
     reduction: str | None
     by_class: bool = False
     class_weight: Tensor | None = None
     ignore_index: int = -100
+    stated: bool = True
 
-    def batch_weight(self, targets: object, n: int) -> Tensor | float:
+    def batch_weight(self, targets: object, n: int, single: bool = False) -> Tensor | float:
         r"""The batch's normaliser :math:`W_b`: its weight in the data-set mean.
 
         For a sum it is 1, or 0 for a batch of class targets that are all ignored (or of
         class weight 0), whose loss and curvature are zero: such a batch is skipped.
+
+        Raises:
+            ValueError: For a mean the loss does not state, over several batches (not
+                ``single``), with negative class targets: their count is unknown.
         """
         class_targets = (
             self.by_class and isinstance(targets, Tensor) and not targets.is_floating_point()
         )
+        if self.reduction == "mean" and not (self.stated or single) and _negative(targets):
+            raise ValueError(
+                f"targets hold class index {int(targets.min())} (ignore_index padding?), so the "
+                "mean of a loss that states no reduction divides by an unknown count; use "
+                "nn.CrossEntropyLoss/nn.NLLLoss (or functools.partial of F.cross_entropy), a "
+                "sum-reduced loss, or give the data as one batch."
+            )
         if self.reduction == "sum":
             return (self._class_sum(targets) > 0).double() if class_targets else 1.0
         if class_targets:
@@ -81,6 +97,18 @@ class LossReduction:
         return w[targets[keep]].sum()
 
 
+def _negative(targets: object) -> bool:
+    """Integer targets with a negative entry: only an ``ignore_index`` can be negative."""
+    return (
+        isinstance(targets, Tensor)
+        and not targets.is_floating_point()
+        and not targets.is_complex()
+        and targets.dtype != torch.bool
+        and targets.numel() > 0
+        and bool((targets < 0).any())
+    )
+
+
 def _read(loss_fn: object) -> LossReduction:
     """The reduction that ``loss_fn`` states (``None`` when it states none)."""
     if isinstance(loss_fn, functools.partial) and loss_fn.func in _FUNCTIONAL:
@@ -95,8 +123,8 @@ def _read(loss_fn: object) -> LossReduction:
             kw.get("ignore_index", -100),
         )
     reduction = getattr(loss_fn, "reduction", None)
-    if not isinstance(reduction, str):
-        return LossReduction(None)
+    if not isinstance(reduction, str) or _normal(reduction) not in REDUCTIONS:
+        return LossReduction(None)  # e.g. a custom loss saying "none" but returning a sum
     if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
         return LossReduction(_normal(reduction), True, loss_fn.weight, int(loss_fn.ignore_index))
     return LossReduction(_normal(reduction))
@@ -117,7 +145,7 @@ def resolve_reduction(loss_fn: object, reduction: object = None) -> LossReductio
         raise ValueError(f"reduction must be None, 'mean' or 'sum'; got {reduction!r}.")
     read = _read(loss_fn)
     if reduction is None or read.reduction is None:
-        return read if reduction is None else LossReduction(reduction)  # type: ignore[arg-type]
+        return read if reduction is None else LossReduction(reduction, stated=False)
     if read.reduction != reduction:
         raise ValueError(
             f"reduction={reduction!r} contradicts the loss's own reduction={read.reduction!r}."
@@ -144,10 +172,13 @@ def detect_reduction(
 
     With :math:`L`, :math:`L_1`, :math:`L_2` the losses of the batch (size :math:`n`) and of its
     halves (sizes :math:`n_1, n_2`): a mean satisfies :math:`L = (n_1 L_1 + n_2 L_2)/n`, a sum
-    :math:`L = L_1 + L_2`. Costs three loss evaluations on the detached outputs.
+    :math:`L = L_1 + L_2`. Costs three loss evaluations on the detached outputs. With class
+    targets, a mean is also checked on a split by class (the samples of the first sample's
+    class, and the rest), which a class-weighted mean fails: two more evaluations.
 
     Raises:
-        ValueError: If the batch cannot be halved, or neither (or both) hold.
+        ValueError: If the batch cannot be halved, neither (or both) hold, or its class
+            targets are all one class.
     """
     hint = (
         "loss_fn states no reduction, so its batches cannot be weighted; pass reduction='mean' "
@@ -158,19 +189,35 @@ def detect_reduction(
     n = int(outputs.shape[0]) if outputs.ndim else 0
     if n < 2 or targets.ndim == 0 or targets.shape[0] != n:
         raise ValueError(f"{hint} (its first batch of {n} cannot be split to check it).")
-    k = n // 2
-    with torch.no_grad():
-        whole = float(loss_fn(outputs, targets))  # type: ignore[operator]
-        first = float(loss_fn(outputs[:k], targets[:k]))  # type: ignore[operator]
-        second = float(loss_fn(outputs[k:], targets[k:]))  # type: ignore[operator]
-    scale = abs(whole) + abs(first) + abs(second)
-    tol = math.sqrt(torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-6
-    is_mean = _close(whole, (k * first + (n - k) * second) / n, scale, tol)
-    is_sum = _close(whole, first + second, scale, tol)
+    halves = torch.arange(n, device=outputs.device) < n // 2
+    is_mean, is_sum = _split_agrees(loss_fn, outputs, targets, halves, dtype)
+    if is_mean and not is_sum and targets.ndim == 1 and not targets.is_floating_point():
+        # Class targets: a class-weighted mean passes the halves check when their class mix is
+        # alike, so split by class as well (a batch of one class cannot rule weights out).
+        same = targets == targets[0]
+        if bool(same.all()):
+            raise ValueError(f"{hint} (its first batch holds class {int(targets[0])} only).")
+        is_mean = _split_agrees(loss_fn, outputs, targets, same, dtype)[0]
     if is_mean != is_sum:
         return "mean" if is_mean else "sum"
     what = "both the mean and" if is_mean else "neither the mean nor"
     raise ValueError(f"{hint}: its value on a batch is {what} the sum of its halves' values.")
+
+
+def _split_agrees(
+    loss_fn: object, outputs: Tensor, targets: Tensor, part: Tensor, dtype: torch.dtype
+) -> tuple[bool, bool]:
+    """Whether the batch's loss is the mean, and the sum, of its two parts' (``part``, rest)."""
+    n, k = part.numel(), int(part.sum())
+    rest = ~part
+    with torch.no_grad():
+        whole = float(check_scalar_loss(loss_fn(outputs, targets)))  # type: ignore[operator]
+        first = float(loss_fn(outputs[part], targets[part]))  # type: ignore[operator]
+        second = float(loss_fn(outputs[rest], targets[rest]))  # type: ignore[operator]
+    scale = abs(whole) + abs(first) + abs(second)
+    tol = math.sqrt(torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-6
+    is_mean = _close(whole, (k * first + (n - k) * second) / n, scale, tol)
+    return is_mean, _close(whole, first + second, scale, tol)
 
 
 class BatchWeights:
@@ -225,4 +272,4 @@ class BatchWeights:
             with torch.no_grad():
                 found = detect_reduction(self.loss_fn, outputs(), targets, self.dtype)
             self.reduction = self._checked(resolve_reduction(self.loss_fn, found))
-        return self.reduction.batch_weight(targets, n)
+        return self.reduction.batch_weight(targets, n, self.single)

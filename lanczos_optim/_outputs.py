@@ -4,8 +4,8 @@ Models may return a dict, a tuple or a Hugging Face ``ModelOutput`` (a dict subc
 selector ``outputs=`` picks the tensor that the loss takes:
 
 * ``None`` (default): a tensor as it is; a mapping's ``"logits"`` entry when it has one; any
-  other structure is passed to the loss unchanged where only the loss needs it (the Hessian)
-  and refused where the curvature needs the output tensor (the GGN);
+  other structure is passed to the loss unchanged where only the loss needs it (the Hessian
+  of a loss other than torch's own) and refused where a tensor is needed (the GGN);
 * a key or an index: ``out[outputs]``;
 * a function: ``outputs(out)``.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 OutputSelector = str | int | Callable[[Any], Any] | None
 
@@ -42,8 +42,17 @@ def _describe(out: object) -> str:
     return type(out).__name__
 
 
-def select_outputs(out: object, selector: OutputSelector, *, need_tensor: bool, who: str) -> Any:
+#: How to pick the tensor, told by the operators and spectra (which take ``outputs=``).
+_SELECT_FIX = "; pass outputs= a key, an index or a function that picks it (e.g. outputs='logits')"
+
+
+def select_outputs(
+    out: object, selector: OutputSelector, *, need_tensor: bool, who: str, fix: str = _SELECT_FIX
+) -> Any:
     """The part of the model's output ``out`` that the loss takes (see the module docstring).
+
+    ``fix`` ends the error when a tensor is needed and none is found (the optimisers, which
+    take no ``outputs=``, give ``""`` and say the fix themselves).
 
     Raises:
         ValueError: If ``selector`` selects nothing in ``out``.
@@ -64,10 +73,14 @@ def select_outputs(out: object, selector: OutputSelector, *, need_tensor: bool, 
     if need_tensor and not isinstance(out, Tensor):
         raise TypeError(
             f"{who} needs the output tensor the loss takes, but the model returned a "
-            f"{_describe(out)}; pass outputs= a key, an index or a function that picks it "
-            "(e.g. outputs='logits')."
+            f"{_describe(out)}{fix}."
         )
     return out
+
+
+def takes_tensor(loss_fn: object) -> bool:
+    """Whether ``loss_fn`` is one of torch's own losses, which take the output tensor."""
+    return isinstance(loss_fn, nn.Module) and type(loss_fn).__module__ == "torch.nn.modules.loss"
 
 
 def is_inputs(obj: object) -> bool:

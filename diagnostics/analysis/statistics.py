@@ -274,7 +274,6 @@ def loss_statistics(
     chosen, names = select_params(model, params)
     dtype, device = chosen[0].dtype, chosen[0].device
     weights = BatchWeights(loss_fn, reduction, data, dtype, mean_only="loss_statistics")
-    weights = BatchWeights(loss_fn, reduction, data, dtype, mean_only="loss_statistics")
     dim = sum(p.numel() for p in chosen)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     probes = torch.randn(num_probes, dim, generator=gen, dtype=torch.float64, device="cpu")

@@ -20,6 +20,7 @@ from lanczos_optim._outputs import (
     inputs_size,
     is_inputs,
     select_outputs,
+    takes_tensor,
 )
 from lanczos_optim._precision import (
     check_precision,
@@ -195,8 +196,9 @@ class CurvatureOperator:
     states none (a lambda, a plain function) is checked on the first batch of multi-batch
     data: its value against the mean and the sum of its two halves' values (three loss
     evaluations on outputs already computed); when it is neither (a weighted mean, say), the
-    normaliser cannot be known and the operator refuses with a ``ValueError``. One batch needs
-    no reduction.
+    normaliser cannot be known and the operator refuses with a ``ValueError``, as it does for
+    such a mean over batches whose class targets are negative (``ignore_index`` padding, whose
+    count it divides by). One batch needs no reduction.
 
     A loss linear in the model's outputs (``NLLLoss`` or ``KLDivLoss`` on log-probabilities)
     has a zero output Hessian: on log-probability outputs the GGN is that of the same loss on
@@ -213,7 +215,8 @@ class CurvatureOperator:
     Models may return a dict, a tuple or a Hugging Face ``ModelOutput``: ``outputs=`` selects
     the tensor the loss takes (a key, an index, or a function); by default a mapping's
     ``"logits"`` entry, and any other structure is passed whole to the loss for the Hessian
-    and refused for the GGN. Inputs may be a dict of tensors, passed as ``model(**inputs)``.
+    (unless the loss is one of torch's own) and refused for the GGN. Inputs may be a dict of
+    tensors, passed as ``model(**inputs)``.
 
     With ``cache_graphs``, each batch's autograd graph is built once and every later product is
     a backward pass through it (for the Hessian on the CNN of ``benchmarks/engine.py``, CPU:
@@ -357,7 +360,7 @@ class CurvatureOperator:
     def _batch_weight(self, y: object, n: int) -> Tensor | float:
         if self._reduction.reduction is None:  # one batch: its weight cancels
             return float(n)
-        return self._reduction.batch_weight(y, n)
+        return self._reduction.batch_weight(y, n, self._single_batch())
 
     def _forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
         """The model's outputs, with ``params`` (by name) in place of its own if given."""
@@ -372,9 +375,8 @@ class CurvatureOperator:
                 out = functional_call(self.model, state, args, kwargs)
             else:
                 out = self.model(*args, **kwargs)
-        out = select_outputs(
-            out, self.outputs, need_tensor=self._needs_output_tensor, who=type(self).__name__
-        )
+        need_tensor = self._needs_output_tensor or takes_tensor(self.loss_fn)
+        out = select_outputs(out, self.outputs, need_tensor=need_tensor, who=type(self).__name__)
         return outputs_in(out, self.dtype) if isinstance(out, Tensor) else out
 
     #: Whether the curvature needs the model's output tensor (the GGN) or only the loss.

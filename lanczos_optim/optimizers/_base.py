@@ -328,7 +328,7 @@ class _LanczosNewtonBase(Optimizer):
     def _select_outputs(self, outputs: object) -> Tensor:
         """The logits of dict-like outputs (a ``ModelOutput``); other structures are refused."""
         try:
-            return select_outputs(outputs, None, need_tensor=True, who=type(self).__name__)
+            return select_outputs(outputs, None, need_tensor=True, who=type(self).__name__, fix="")
         except TypeError as err:
             raise self._protocol_error(
                 f"{err} Return (loss, logits) with the tensor the loss was computed from."

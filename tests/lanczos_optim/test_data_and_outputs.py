@@ -106,6 +106,15 @@ def test_tuple_outputs_need_a_selector_for_the_ggn() -> None:
         GGNOperator(wrapped, nn.CrossEntropyLoss(), (x, y), outputs="logits") @ eye[:, 0]
 
 
+def test_torch_loss_on_a_tuple_names_the_selector_for_the_hessian_too() -> None:
+    # A torch loss needs the tensor: the Hessian said only "must be Tensor, not tuple".
+    model, x, y = _data()
+    op = HessianOperator(_DictModel(model, "tuple"), nn.CrossEntropyLoss(), (x, y))
+    with pytest.raises(TypeError, match="outputs=") as info:
+        op @ torch.zeros(43, dtype=torch.float64)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
 def test_dict_inputs_are_passed_as_keywords(cls: type) -> None:
     model, x, y = _data()

@@ -68,6 +68,16 @@ def _dense_like(shape: str) -> Tensor:
 
 _W = torch.tensor([0.3, 1.7, 0.9], dtype=torch.float64)
 
+
+class _SumOfUnreduced(nn.Module):
+    """A custom loss whose ``reduction`` attribute says ``"none"`` but which returns a sum."""
+
+    reduction = "none"
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs, targets, reduction="none").sum()
+
+
 #: name -> (loss, targets(shape), truth loss or None (= the loss), wrap model in log_softmax)
 CASES = {
     "ce_mean": (lambda: nn.CrossEntropyLoss(), lambda s: _classes(s, False)),
@@ -113,6 +123,11 @@ CASES = {
         lambda s: _classes(s, False),
     ),
     "lambda_mse_mean": (lambda: lambda o, y: F.mse_loss(o, y), _dense_like),
+    "lambda_ce_mean": (  # passes the reduction check's split by class
+        lambda: lambda o, y: F.cross_entropy(o, y),
+        lambda s: _classes(s, False),
+    ),
+    "module_reduction_none_sum": (_SumOfUnreduced, lambda s: _classes(s, True)),
 }
 
 
@@ -276,3 +291,55 @@ def test_kldiv_on_log_probabilities_gets_the_softmax_ggn() -> None:
         model.inner, lambda o, y: F.cross_entropy(o, y), target
     )
     assert _rel(op @ torch.eye(op.shape[0], dtype=torch.float64), ggn) < 1e-10
+
+
+def _padded_after_first_batch() -> tuple[nn.Module, list[tuple[Tensor, Tensor]]]:
+    """Ignored targets only after the first batch: its halves pass the check for a mean."""
+    model, _, batches = _case("ce_mean", "mlp")
+    x, y = batches[1]
+    batches[1] = (x, y.clone().index_fill_(0, torch.tensor([0, 2]), -100))
+    return model, batches
+
+
+@pytest.mark.parametrize("reduction", [None, "mean"])
+@pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
+def test_unstated_mean_with_ignored_targets_is_refused(cls: type, reduction: str | None) -> None:
+    # Weighting batches by their sample count was silently off by 0.32 (Hessian).
+    model, batches = _padded_after_first_batch()
+    loss_fn = lambda o, y: F.cross_entropy(o, y)  # noqa: E731
+    op = cls(model, loss_fn, batches, reduction=reduction)
+    with pytest.raises(ValueError, match="class index -100") as info:
+        op @ torch.zeros(op.shape[0], dtype=torch.float64)
+    assert "\n" not in str(info.value)
+
+
+def test_unstated_reduction_with_ignored_targets_is_exact_where_it_can_be() -> None:
+    model, batches = _padded_after_first_batch()
+    eye = torch.eye(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    summed = lambda o, y: F.cross_entropy(o, y, reduction="sum")  # noqa: E731
+    hess, ggn, _, _ = dense_truth(model, summed, batches)
+    assert _rel(HessianOperator(model, summed, batches) @ eye, hess) < 1e-10
+    assert _rel(GGNOperator(model, summed, batches) @ eye, ggn) < 1e-10
+    mean = lambda o, y: F.cross_entropy(o, y)  # noqa: E731
+    whole = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    hess, _, _, _ = dense_truth(model, mean, [whole])
+    assert _rel(HessianOperator(model, mean, whole, reduction="mean") @ eye, hess) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "first", [[0, 0, 0, 0], [0, 1, 1, 0]], ids=["one_class", "halves_of_one_mix"]
+)
+def test_class_weighted_lambda_is_refused_when_its_first_batch_hides_the_weights(
+    first: list[int],
+) -> None:
+    # Both first batches pass the halves check for a mean; the weighting by sample count
+    # that followed was silently off by 0.69 (one class).
+    model, _, batches = _case("ce_weight", "mlp")
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([torch.tensor(first), torch.randint(0, C, (N - 4,))])
+    batches = [(x[:4], y[:4]), (x[4:9], y[4:9]), (x[9:], y[9:])]
+    loss_fn = lambda o, y: F.cross_entropy(o, y, weight=_W)  # noqa: E731
+    for cls in (HessianOperator, GGNOperator):
+        op = cls(model, loss_fn, batches)
+        with pytest.raises(ValueError, match="reduction='mean' or 'sum'"):
+            op @ torch.zeros(op.shape[0], dtype=torch.float64)

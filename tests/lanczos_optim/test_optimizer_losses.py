@@ -77,8 +77,12 @@ def test_tuple_outputs_are_refused_naming_the_fix() -> None:
         out = model(x)
         return F.cross_entropy(out, y), (out, out)
 
-    with pytest.raises(RuntimeError, match="logits"):
+    with pytest.raises(RuntimeError, match="logits") as info:
         opt.step(closure)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "outputs=" not in message  # the optimisers have no outputs= keyword to pass
+    assert "Return (loss, logits)" in message
 
 
 def test_loss_of_no_parameter_warns_once() -> None:

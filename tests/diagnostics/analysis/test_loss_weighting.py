@@ -137,3 +137,10 @@ def test_backpack_refuses_ignored_targets_and_the_fallback_is_unbiased() -> None
             hutchinson_samples=1000,
         )
     assert torch.allclose(fallback["diag_ggn_exact"], estimate, rtol=1e-12, atol=0)
+
+
+def test_statistics_refuse_an_unstated_mean_over_ignored_targets() -> None:
+    model, batches, _ = _case()
+    batches = [batches[2], batches[0], batches[1]]  # a first batch without ignored targets
+    with pytest.raises(ValueError, match="class index -100"):
+        loss_statistics(model, lambda o, y: F.cross_entropy(o, y), batches, curvature=())
