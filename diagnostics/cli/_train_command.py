@@ -11,6 +11,7 @@ interruption, ``lanczos-optim train --resume FOLDER``, continues the run as it w
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,20 @@ def _callbacks(args: argparse.Namespace, config: TrainConfig, logger: Any) -> li
     return callbacks
 
 
+def _continue_command(args: argparse.Namespace, folder: Path) -> str:
+    """The options that continue an interrupted run, quoted for a shell.
+
+    The run's folder, and the options its checkpoints do not record (W&B mode, epoch spectra).
+    """
+    words = ["--resume", str(folder)]
+    if args.wandb is not None:
+        words += ["--wandb", args.wandb]
+    if args.spectrum_every is not None:
+        words += ["--spectrum-every", str(args.spectrum_every)]
+        words += ["--spectrum-steps", str(args.spectrum_steps)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def run_train(args: argparse.Namespace) -> None:
     """Train a network; W&B logging unless ``--wandb disabled``; spectra saved under --out."""
     from diagnostics.training import TrainingInterrupted
@@ -163,7 +178,8 @@ def run_train(args: argparse.Namespace) -> None:
     try:
         result = train_network(config, callbacks=_callbacks(args, config, logger))
     except TrainingInterrupted as err:
-        hint = f"; continue with --resume {err.checkpoint.parent}" if err.checkpoint else ""
+        folder = err.checkpoint.parent if err.checkpoint else None
+        hint = f"; continue with {_continue_command(args, folder)}" if folder else ""
         raise TrainingInterrupted(
             f"{err}{hint}", signum=err.signum, checkpoint=err.checkpoint,
             epochs_done=err.epochs_done, batches_done=err.batches_done,

@@ -504,3 +504,37 @@ def test_a_blank_wandb_mode_counts_as_unset_and_wandb_warns_of_no_git_root(tmp_p
     assert "validation error" not in proc.stderr
     assert "git root" not in proc.stderr + proc.stdout
     assert len(list((tmp_path / "runC" / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_the_continue_command_keeps_every_checkpoint_of_a_keep_all_run(
+    tmp_path, monkeypatch, capsys
+):
+    # --keep-checkpoints 0 (keep all) and --checkpoint-every come from the checkpoint: the
+    # printed command used to prune a keep-all run to the default 3 newest checkpoints.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    run = ["train", "--subset", "64", "--batch-size", "32", "--epochs", "5", "--quiet",
+           "--keep-checkpoints", "0", "--checkpoint-every", "1", "--out", str(out)]  # fmt: skip
+    printed = _train_then_sigterm(run, monkeypatch, capsys, at=(4, 1))
+    assert main(["train", *printed]) == 0
+    names = sorted(p.name for p in out.glob("checkpoint-*.pt"))
+    assert [n for n in names if "-b" not in n] == [f"checkpoint-{e:05d}.pt" for e in range(1, 6)]
+
+
+def test_the_continue_command_names_the_options_checkpoints_do_not_record(
+    tmp_path, monkeypatch, capsys
+):
+    import shlex
+
+    out = tmp_path / "my run"
+    run = ["train", "--subset", "64", "--batch-size", "32", "--epochs", "2", "--quiet",
+           "--wandb", "disabled", "--spectrum-every", "1", "--spectrum-steps", "4",
+           "--out", str(out)]  # fmt: skip
+    printed = _train_then_sigterm(run, monkeypatch, capsys, at=(1, 1))
+    assert printed[0] == "--resume"
+    line = " ".join(printed)
+    words = shlex.split(line)  # the printed text as a shell reads it
+    assert words == ["--resume", str(out), "--wandb", "disabled", "--spectrum-every", "1",
+                     "--spectrum-steps", "4"]  # fmt: skip
+    assert main(["train", *words]) == 0
+    assert sorted(p.name for p in (out / "spectra").iterdir())
