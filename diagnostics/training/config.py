@@ -219,8 +219,9 @@ def resume_config(
         The :class:`TrainConfig`, with ``resume=checkpoint``.
 
     Raises:
-        ValueError: A checkpoint without a named model and data set, or a given option that
-            differs from the checkpoint's where that is not safe.
+        ValueError: A checkpoint without a named model and data set, a given option that
+            differs from the checkpoint's where that is not safe, or fewer ``epochs`` than the
+            checkpoint has trained.
 
     Example:
         >>> import tempfile
@@ -238,7 +239,8 @@ def resume_config(
         ValueError: ...
     """
     path, given = Path(checkpoint), dict(given or {})
-    meta = dict(read_checkpoint(path).get("meta") or {})
+    ckpt = read_checkpoint(path)
+    meta = dict(ckpt.get("meta") or {})
     if meta.get("dataset") not in DATASETS or "model" not in meta:
         raise ValueError(
             f"Checkpoint {str(path)!r} does not name a model and data set the harness can "
@@ -260,6 +262,11 @@ def resume_config(
         config[name] = value
     if "epochs" not in given:
         config["epochs"] = meta.get("epochs", TrainConfig.epochs)
+    elif _is_int(done := ckpt.get("epoch")) and given["epochs"] < done:
+        raise ValueError(
+            f"Cannot resume {str(path)!r} with {spell('epochs')} {given['epochs']!r}: it has "
+            f"trained {done} epochs already; give at least {done}, or drop the option."
+        )
     for name in CARRIED:  # else a resumed keep-all run would prune its checkpoints to 3
         if name not in given and meta.get(name) is not None:
             config[name] = meta[name]

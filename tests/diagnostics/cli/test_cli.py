@@ -538,3 +538,19 @@ def test_the_continue_command_names_the_options_checkpoints_do_not_record(
                      "--spectrum-steps", "4"]  # fmt: skip
     assert main(["train", *words]) == 0
     assert sorted(p.name for p in (out / "spectra").iterdir())
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    # It used to load the checkpoint, train nothing and print "trained 1 epochs".
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    argv = ["train", "--subset", "64", "--batch-size", "32", "--epochs", "2", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["train", "--resume", str(out), "--epochs", "1"]) == 2
+    _one_line_error(capsys, "--epochs 1", "trained 2 epochs already")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
