@@ -554,3 +554,15 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_in_one_line(
     _one_line_error(capsys, "--epochs 1", "trained 2 epochs already")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+
+
+def test_python_dash_m_diagnostics_cli_runs_the_command():
+    # ``python -m diagnostics.cli`` worked while the CLI was one module; the package needs a
+    # __main__ to keep it working.
+    proc = subprocess.run(
+        [sys.executable, "-m", "diagnostics.cli", "plot", "no-such-result.npz"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("lanczos-optim plot: error:"), proc.stderr
+    assert "Warning" not in proc.stderr
