@@ -566,3 +566,16 @@ def test_python_dash_m_diagnostics_cli_runs_the_command():
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("lanczos-optim plot: error:"), proc.stderr
     assert "Warning" not in proc.stderr
+
+
+def test_missing_data_files_are_reported_before_wandb_or_any_file(tmp_path, monkeypatch, capsys):
+    # A wrong --data-path used to surface only after W&B had created a run in the new folder.
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist", "--data-path", str(tmp_path / "empty"), "--epochs",
+            "1", "--wandb", "offline", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "mnist is not available under", "--download")
+    assert not out.exists()
+    assert not (tmp_path / "wb").exists()
