@@ -268,6 +268,7 @@ def resume_config(
             f"trained {done} epochs already; give at least {done}, or drop the option."
         )
     for name in CARRIED:  # else a resumed keep-all run would prune its checkpoints to 3
-        if name not in given and meta.get(name) is not None:
+        moved = name == "data_path" and not Path(str(meta.get(name))).exists()
+        if name not in given and meta.get(name) is not None and not moved:
             config[name] = meta[name]
     return TrainConfig(**{**config, "resume": path})

@@ -350,7 +350,7 @@ def _meta(c: TrainConfig, opt_cls: type, resolved: Mapping[str, Any]) -> dict[st
             "swa_lr": resolved["swa_lr"],
             "checkpoint_every": c.checkpoint_every,
             "keep_checkpoints": c.keep_checkpoints,
-            "data_path": None if c.data_path is None else str(c.data_path),
+            "data_path": None if c.data_path is None else str(Path(c.data_path).resolve()),
         }
     )
 
