@@ -298,9 +298,9 @@ def krylov_solve(
 
     Raises:
         TypeError: If ``v`` is not a tensor.
-        ValueError: On a bad shape, ``lanczos_steps`` not an int ``>= 1``, ``damping <= 0``, an unknown
-            ``transform`` or ``v0``, a non-finite ``v``, or an operator whose size or dtype
-            does not match ``v``.
+        ValueError: On a bad shape, ``lanczos_steps`` not an int ``>= 1``, ``damping <= 0``,
+            an unknown ``transform`` or ``v0``, a non-finite ``v``, or an operator whose size
+            or dtype does not match ``v``.
         FloatingPointError: If the operator returns non-finite values.
 
     Example:
