@@ -297,10 +297,10 @@ def krylov_solve(
         ``d`` with ``v``'s shape, dtype and device; with ``return_info``, ``(d, info)``.
 
     Raises:
-        TypeError: If ``v`` is not a tensor or ``lanczos_steps`` not an int.
-        ValueError: On a bad shape, ``lanczos_steps < 1``, ``damping <= 0``, an unknown
-            ``transform`` or ``v0``, a non-finite ``v``, or an operator whose size or dtype
-            does not match ``v``.
+        TypeError: If ``v`` is not a tensor.
+        ValueError: On a bad shape, ``lanczos_steps`` not an int ``>= 1``, ``damping <= 0``,
+            an unknown ``transform`` or ``v0``, a non-finite ``v``, or an operator whose size
+            or dtype does not match ``v``.
         FloatingPointError: If the operator returns non-finite values.
 
     Example:

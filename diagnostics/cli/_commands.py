@@ -54,10 +54,17 @@ def run_train(args: argparse.Namespace) -> None:
 
 def _check_choices(args: argparse.Namespace) -> None:
     """Cheap argument checks, before anything is loaded or a file is claimed."""
-    from lanczos_optim import check_bn_mode, check_curvature
+    from lanczos_optim import check_bn_mode, check_curvature, check_lanczos_steps, check_num_probes
 
     check_curvature(getattr(args, "curvature", "hessian"))
     check_bn_mode(args.bn_mode)
+    if getattr(args, "steps", None) is not None:
+        check_lanczos_steps(args.steps, name="--steps")
+    if getattr(args, "probes", None) is not None:
+        try:
+            check_num_probes(args.probes)
+        except ValueError as err:
+            raise ValueError(f"--probes: {err}") from None
 
 
 def _check_source(meta: dict[str, Any], s: AnalysisSetup, what: str) -> None:

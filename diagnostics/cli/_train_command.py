@@ -11,6 +11,7 @@ interruption, ``lanczos-optim train --resume FOLDER``, continues the run as it w
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,23 @@ def _check_spectra(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}{err}") from None
 
 
-def _held_out(config: TrainConfig, n: int = 512) -> Any:
-    """Batches of up to ``n`` samples of the data set's test split (for the epoch spectra)."""
-    from diagnostics.cli._setup import batches
+def _test_split(config: TrainConfig) -> Any:
+    """The data set's test split; the epoch spectra take their batches from it.
+
+    Loaded before W&B or any file, so that missing data files (a wrong ``--data-path``) are
+    reported first.
+    """
     from diagnostics.training import load_dataset
 
-    data = load_dataset(
+    return load_dataset(
         config.dataset, train=False, root=config.data_path, download=config.download
     )  # type: ignore[arg-type]
+
+
+def _held_out(data: Any, n: int = 512) -> Any:
+    """Batches of up to ``n`` samples of the test split ``data`` (for the epoch spectra)."""
+    from diagnostics.cli._setup import batches
+
     n = min(n, len(data))
     return batches(torch.utils.data.Subset(data, range(n)), min(256, n))
 
@@ -125,7 +135,9 @@ def _logger(args: argparse.Namespace, config: TrainConfig, resume: Path | None) 
     )
 
 
-def _callbacks(args: argparse.Namespace, config: TrainConfig, logger: Any) -> list[Any]:
+def _callbacks(
+    args: argparse.Namespace, config: TrainConfig, logger: Any, test_split: Any
+) -> list[Any]:
     from diagnostics.training import EpochSpectra
 
     callbacks: list[Any] = []
@@ -134,13 +146,27 @@ def _callbacks(args: argparse.Namespace, config: TrainConfig, logger: Any) -> li
         if logger.run_id:
             callbacks.append(_RunIdWriter(Path(config.checkpoint_dir), logger.run_id))  # type: ignore[arg-type]
     if args.spectrum_every is not None:
-        data = _held_out(config)
+        data = _held_out(test_split)
         every, steps = args.spectrum_every, args.spectrum_steps
         spectra = EpochSpectra(
             config.checkpoint_dir, every, data, lanczos_steps=steps, logger=logger
         )
         callbacks.append(spectra)
     return callbacks
+
+
+def _continue_command(args: argparse.Namespace, folder: Path) -> str:
+    """The options that continue an interrupted run, quoted for a shell.
+
+    The run's folder, and the options its checkpoints do not record (W&B mode, epoch spectra).
+    """
+    words = ["--resume", str(folder)]
+    if args.wandb is not None:
+        words += ["--wandb", args.wandb]
+    if args.spectrum_every is not None:
+        words += ["--spectrum-every", str(args.spectrum_every)]
+        words += ["--spectrum-steps", str(args.spectrum_steps)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -155,15 +181,17 @@ def run_train(args: argparse.Namespace) -> None:
     config = train_config(args)
     _check_spectra(args)
     resume_path = find_resume(config.resume)
+    test_split = _test_split(config)
     try:  # before W&B writes into the folder
         prepare_folder(config.checkpoint_dir, resume_path, config.overwrite, STATS_FILENAME)
     except ResultsExistError as err:
         raise ResultsExistError(err.folder, "--resume", "--overwrite") from None
     logger = _logger(args, config, resume_path)
     try:
-        result = train_network(config, callbacks=_callbacks(args, config, logger))
+        result = train_network(config, callbacks=_callbacks(args, config, logger, test_split))
     except TrainingInterrupted as err:
-        hint = f"; continue with --resume {err.checkpoint.parent}" if err.checkpoint else ""
+        folder = err.checkpoint.parent if err.checkpoint else None
+        hint = f"; continue with {_continue_command(args, folder)}" if folder else ""
         raise TrainingInterrupted(
             f"{err}{hint}", signum=err.signum, checkpoint=err.checkpoint,
             epochs_done=err.epochs_done, batches_done=err.batches_done,

@@ -128,7 +128,9 @@ def _train_output_args(more: Any) -> None:
         "--epochs", type=int, help=f"epoch budget (default: {TrainConfig.epochs}); with --resume: "
         "the checkpoint's, or more to extend the run"
     )  # fmt: skip
-    more.add_argument("--data-path", help="folder with the data files")
+    more.add_argument(
+        "--data-path", help="folder with the data files; with --resume: the checkpoint's"
+    )
     more.add_argument(
         "--download", action="store_true", default=None, help="let torchvision download the data"
     )
@@ -137,12 +139,14 @@ def _train_output_args(more: Any) -> None:
         "results/train"
     )  # fmt: skip
     more.add_argument(
-        "--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
-        help="checkpoint every N epochs (0: last only)",
+        "--checkpoint-every", type=int,
+        help="checkpoint every N epochs (0: last only)" + _default("checkpoint_every")
+        + "; with --resume: the checkpoint's",
     )  # fmt: skip
     more.add_argument(
-        "--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints,
-        help="keep the N newest checkpoints (0: all)",
+        "--keep-checkpoints", type=int,
+        help="keep the N newest checkpoints (0: all)" + _default("keep_checkpoints")
+        + "; with --resume: the checkpoint's",
     )  # fmt: skip
     more.add_argument(
         "--resume", help="checkpoint (or its folder) to continue from, with its configuration"

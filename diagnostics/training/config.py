@@ -8,7 +8,8 @@ the object is built, so a bad value is reported before any data is loaded or any
 
 :func:`resume_config` rebuilds the configuration of a run from its checkpoint, for ``--resume``:
 options that only extend or report the run (``epochs``, the output and checkpoint options,
-``progress``, ...) may be given again with other values; the others (model, data, optimiser and
+``progress``, ...) may be given again with other values (the checkpoint options and the data
+path are the checkpoint's unless given); the others (model, data, optimiser and
 its keyword arguments, schedule, batch size, seed, SWA) must equal the checkpoint's.
 
 Example:
@@ -41,13 +42,15 @@ from diagnostics.training.models import _canonical
 from diagnostics.training.optimizers import check_hyperparameter_types, resolve_optimizer
 from diagnostics.training.schedules import SCHEDULES
 
-__all__ = ["RESUMABLE", "TrainConfig", "resume_config"]
+__all__ = ["CARRIED", "RESUMABLE", "TrainConfig", "resume_config"]
 
 #: Options a resumed run takes from its checkpoint; given again, they must be the same.
 RESUMABLE = (
     "model", "model_kwargs", "dataset", "subset", "optimizer", "optimizer_kwargs", "schedule",
     "schedule_kwargs", "batch_size", "seed", "swa", "swa_start", "swa_lr",
 )  # fmt: skip
+#: Options a resumed run takes from its checkpoint unless given again (then: as given).
+CARRIED = ("checkpoint_every", "keep_checkpoints", "data_path")
 
 
 def _is_int(x: object) -> bool:
@@ -202,8 +205,9 @@ def resume_config(
 
     The options of :data:`RESUMABLE` come from the checkpoint's ``meta``; given again, they must
     equal it (else a one-line ``ValueError``: another model, data set, optimiser, batch size,
-    ... would not continue the run). Every other given option (``epochs`` to extend the run,
-    output and checkpoint options, ``progress``, ...) is taken as given.
+    ... would not continue the run). Those of :data:`CARRIED` (checkpoint interval and count,
+    data path) come from the checkpoint unless given. Every other given option (``epochs`` to
+    extend the run, output options, ``progress``, ...) is taken as given.
 
     Args:
         checkpoint: The checkpoint file.
@@ -215,8 +219,9 @@ def resume_config(
         The :class:`TrainConfig`, with ``resume=checkpoint``.
 
     Raises:
-        ValueError: A checkpoint without a named model and data set, or a given option that
-            differs from the checkpoint's where that is not safe.
+        ValueError: A checkpoint without a named model and data set, a given option that
+            differs from the checkpoint's where that is not safe, or fewer ``epochs`` than the
+            checkpoint has trained.
 
     Example:
         >>> import tempfile
@@ -234,7 +239,8 @@ def resume_config(
         ValueError: ...
     """
     path, given = Path(checkpoint), dict(given or {})
-    meta = dict(read_checkpoint(path).get("meta") or {})
+    ckpt = read_checkpoint(path)
+    meta = dict(ckpt.get("meta") or {})
     if meta.get("dataset") not in DATASETS or "model" not in meta:
         raise ValueError(
             f"Checkpoint {str(path)!r} does not name a model and data set the harness can "
@@ -256,4 +262,13 @@ def resume_config(
         config[name] = value
     if "epochs" not in given:
         config["epochs"] = meta.get("epochs", TrainConfig.epochs)
+    elif _is_int(done := ckpt.get("epoch")) and given["epochs"] < done:
+        raise ValueError(
+            f"Cannot resume {str(path)!r} with {spell('epochs')} {given['epochs']!r}: it has "
+            f"trained {done} epochs already; give at least {done}, or drop the option."
+        )
+    for name in CARRIED:  # else a resumed keep-all run would prune its checkpoints to 3
+        moved = name == "data_path" and not Path(str(meta.get(name))).exists()
+        if name not in given and meta.get(name) is not None and not moved:
+            config[name] = meta[name]
     return TrainConfig(**{**config, "resume": path})

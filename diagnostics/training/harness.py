@@ -348,6 +348,9 @@ def _meta(c: TrainConfig, opt_cls: type, resolved: Mapping[str, Any]) -> dict[st
             "swa": c.swa,
             "swa_start": resolved["swa_start"],
             "swa_lr": resolved["swa_lr"],
+            "checkpoint_every": c.checkpoint_every,
+            "keep_checkpoints": c.keep_checkpoints,
+            "data_path": None if c.data_path is None else str(Path(c.data_path).resolve()),
         }
     )
 

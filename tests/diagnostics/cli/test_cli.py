@@ -504,3 +504,78 @@ def test_a_blank_wandb_mode_counts_as_unset_and_wandb_warns_of_no_git_root(tmp_p
     assert "validation error" not in proc.stderr
     assert "git root" not in proc.stderr + proc.stdout
     assert len(list((tmp_path / "runC" / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_the_continue_command_keeps_every_checkpoint_of_a_keep_all_run(
+    tmp_path, monkeypatch, capsys
+):
+    # --keep-checkpoints 0 (keep all) and --checkpoint-every come from the checkpoint: the
+    # printed command used to prune a keep-all run to the default 3 newest checkpoints.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    run = ["train", "--subset", "64", "--batch-size", "32", "--epochs", "5", "--quiet",
+           "--keep-checkpoints", "0", "--checkpoint-every", "1", "--out", str(out)]  # fmt: skip
+    printed = _train_then_sigterm(run, monkeypatch, capsys, at=(4, 1))
+    assert main(["train", *printed]) == 0
+    names = sorted(p.name for p in out.glob("checkpoint-*.pt"))
+    assert [n for n in names if "-b" not in n] == [f"checkpoint-{e:05d}.pt" for e in range(1, 6)]
+
+
+def test_the_continue_command_names_the_options_checkpoints_do_not_record(
+    tmp_path, monkeypatch, capsys
+):
+    import shlex
+
+    out = tmp_path / "my run"
+    run = ["train", "--subset", "64", "--batch-size", "32", "--epochs", "2", "--quiet",
+           "--wandb", "disabled", "--spectrum-every", "1", "--spectrum-steps", "4",
+           "--out", str(out)]  # fmt: skip
+    printed = _train_then_sigterm(run, monkeypatch, capsys, at=(1, 1))
+    assert printed[0] == "--resume"
+    line = " ".join(printed)
+    words = shlex.split(line)  # the printed text as a shell reads it
+    assert words == ["--resume", str(out), "--wandb", "disabled", "--spectrum-every", "1",
+                     "--spectrum-steps", "4"]  # fmt: skip
+    assert main(["train", *words]) == 0
+    assert sorted(p.name for p in (out / "spectra").iterdir())
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    # It used to load the checkpoint, train nothing and print "trained 1 epochs".
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    argv = ["train", "--subset", "64", "--batch-size", "32", "--epochs", "2", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["train", "--resume", str(out), "--epochs", "1"]) == 2
+    _one_line_error(capsys, "--epochs 1", "trained 2 epochs already")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+
+
+def test_python_dash_m_diagnostics_cli_runs_the_command():
+    # ``python -m diagnostics.cli`` worked while the CLI was one module; the package needs a
+    # __main__ to keep it working.
+    proc = subprocess.run(
+        [sys.executable, "-m", "diagnostics.cli", "plot", "no-such-result.npz"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("lanczos-optim plot: error:"), proc.stderr
+    assert "Warning" not in proc.stderr
+
+
+def test_missing_data_files_are_reported_before_wandb_or_any_file(tmp_path, monkeypatch, capsys):
+    # A wrong --data-path used to surface only after W&B had created a run in the new folder.
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist", "--data-path", str(tmp_path / "empty"), "--epochs",
+            "1", "--wandb", "offline", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    _one_line_error(capsys, "mnist is not available under", "--download")
+    assert not out.exists()
+    assert not (tmp_path / "wb").exists()

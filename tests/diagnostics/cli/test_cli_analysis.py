@@ -298,3 +298,24 @@ def test_plot_says_what_it_accepts(tmp_path, capsys):
     text.write_text("hello")
     assert main(["plot", str(text)]) == 2
     _one_line_error(capsys, str(text), "plot accepts")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["spectrum", "--steps", "0"], ["Invalid --steps value: 0"]),
+        (["spectrum", "--probes", "0"], ["--probes: ", "num_probes value: 0"]),
+        (["stats", "--probes", "-1"], ["--probes: ", "num_probes value: -1"]),
+    ],
+)
+def test_steps_and_probes_named_as_options_before_the_checkpoint_is_read(
+    argv, needles, tmp_path, capsys
+):
+    # They were checked only once model and data were loaded, named lanczos_steps/num_probes.
+    missing = str(tmp_path / "no-such-run")
+    assert main([*argv, "--checkpoint", missing, "--out", str(tmp_path / "r.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -597,3 +597,23 @@ def test_an_interrupted_epoch_is_not_continued_with_another_batch_size(
     ):
         train_network(batch_size=32, resume=tmp_path, **common)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_resume_config_carries_checkpoint_options_and_data_path(tmp_path):
+    import shutil
+
+    from diagnostics.training import TrainConfig
+    from diagnostics.training.config import resume_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    run = TrainConfig(model="mlp", dataset="digits", epochs=1, subset=64, batch_size=32,
+                      data_path=data, keep_checkpoints=0, checkpoint_every=2,
+                      checkpoint_dir=tmp_path / "run", progress=False)  # fmt: skip
+    ckpt = train_network(run).checkpoints[-1]
+    again = resume_config(ckpt, {"epochs": 2})
+    assert (again.keep_checkpoints, again.checkpoint_every) == (0, 2)
+    assert Path(again.data_path) == data.resolve()
+    assert resume_config(ckpt, {"keep_checkpoints": 5}).keep_checkpoints == 5  # given: as given
+    shutil.rmtree(data)  # a data folder that has moved is not carried (give --data-path)
+    assert resume_config(ckpt).data_path is None
