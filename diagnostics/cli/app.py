@@ -14,13 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from diagnostics.cli import _commands as commands
-from lanczos_optim.validation import CURVATURES, NUM_PROBES
+from lanczos_optim.validation import CURVATURES, NUM_PROBES, SPECTRUM_LANCZOS_STEPS
 
 __all__ = ["build_parser", "main"]
 
-#: Default ``--steps`` of ``lanczos-optim spectrum``: quicker than the library's
-#: :data:`~lanczos_optim.SPECTRUM_LANCZOS_STEPS` for a first look from the command line.
-SPECTRUM_COMMAND_LANCZOS_STEPS = 50
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
@@ -219,7 +216,7 @@ def _analysis_commands(sub: Any) -> None:
     p.add_argument(
         "--steps",
         type=int,
-        default=SPECTRUM_COMMAND_LANCZOS_STEPS,
+        default=SPECTRUM_LANCZOS_STEPS,
         help="Lanczos steps (capped at P)",
     )
     p.add_argument("--probes", type=int, default=NUM_PROBES, help="random probes")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -194,21 +195,33 @@ def check_hyperparameter_types(
         prefix: Put in front of the message (e.g. ``"SGD: "`` or ``"--opt "``).
 
     Raises:
-        TypeError: Naming the argument, the value and its type.
+        TypeError: Naming the argument, the value and its type; or an argument the
+            optimiser does not take, with the ones it does.
+        ValueError: A non-finite number (``inf``, ``nan``) where a number is expected.
 
     Example:
         >>> check_hyperparameter_types(torch.optim.SGD, {"momentum": "abc"}, prefix="--opt ")
         Traceback (most recent call last):
         ...
         TypeError: --opt momentum: expected a number, got 'abc' (str)
+        >>> check_hyperparameter_types(torch.optim.SGD, {"lr": 1e400}, prefix="--opt ")
+        Traceback (most recent call last):
+        ...
+        ValueError: --opt lr: expected a finite number, got inf
     """
     params = inspect.signature(cls.__init__).parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     for key, value in kwargs.items():
+        if key not in params and not open_ended:
+            known = ", ".join(n for n in params if n not in ("self", "params"))
+            raise TypeError(f"{prefix}{key}: not an option of {cls.__name__} (it takes {known})")
         default = params[key].default if key in params else None
         if _is_number(default) and not _is_number(value):
             raise TypeError(
                 f"{prefix}{key}: expected a number, got {value!r} ({type(value).__name__})"
             )
+        if _is_number(default) and isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{prefix}{key}: expected a finite number, got {value!r}")
 
 
 def build_optimizer(

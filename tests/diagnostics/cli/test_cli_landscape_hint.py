@@ -25,3 +25,14 @@ def test_landscape_on_a_spectrum_without_vectors_names_the_save_eigvec_flag(
     assert "no Ritz vectors" in err
     assert "lanczos-optim spectrum --save-eigvec" in err
     assert not out.exists()
+
+
+def test_spectrum_command_defaults_to_the_library_spectrum_steps():
+    import inspect
+
+    from diagnostics import compute_eigenspectrum
+    from diagnostics.cli import build_parser
+    from lanczos_optim import SPECTRUM_LANCZOS_STEPS
+
+    library = inspect.signature(compute_eigenspectrum).parameters["lanczos_steps"].default
+    assert build_parser().parse_args(["spectrum"]).steps == library == SPECTRUM_LANCZOS_STEPS
