@@ -21,7 +21,10 @@ __all__ = ["build_parser", "main"]
 #: Default ``--steps`` of ``lanczos-optim spectrum``: quicker than the library's
 #: :data:`~lanczos_optim.SPECTRUM_LANCZOS_STEPS` for a first look from the command line.
 SPECTRUM_COMMAND_LANCZOS_STEPS = 50
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+_USER_ERRORS = (
+    ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
+    ModuleNotFoundError,  # a peer optimiser whose package is missing: the install hint
+)  # fmt: skip
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -90,8 +93,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--subset", type=int, help="train and test on this many samples")
     run.add_argument(
         "--optimizer",
-        help="sgd, adam, lanczos_newton, lanczos_saddle_free or any torch.optim class name"
-        + _default("optimizer"),
+        help="sgd, adam, lanczos_newton, lanczos_saddle_free, any torch.optim class name, or a "
+        "second-order peer (pip install 'lanczos-optim[bench]'): swats, adahessian, sophiah, "
+        "shampoo, soap, kron, kfac" + _default("optimizer"),
     )
     run.add_argument(
         "--opt",
