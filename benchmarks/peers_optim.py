@@ -260,13 +260,19 @@ def _evaluate(
     return total / len(y), (math.nan if ae else correct / len(y))
 
 
+def _tensor_bytes(value: object) -> int:
+    """Bytes of the tensors in ``value``, looking into dicts, lists and tuples (heavyball nests)."""
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 def _state_mib(opt: torch.optim.Optimizer) -> float:
-    total = 0
-    for state in opt.state.values():
-        for value in state.values() if isinstance(state, dict) else ():
-            if isinstance(value, Tensor):
-                total += value.numel() * value.element_size()
-    return total / 2**20
+    return _tensor_bytes(list(opt.state.values())) / 2**20
 
 
 def train_run(prob: Problem, data: Data, spec: Spec, run: Run, eval_every: int | None) -> Run:

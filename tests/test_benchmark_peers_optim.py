@@ -24,6 +24,7 @@ OPTIMIZERS = {
     "LanczosSaddleFreeNewton()", "AdaHessian", "SophiaH", "Shampoo", "SOAP", "PSGD-Kron",
     "SOAP (heavyball)", "PSGD-Kron (heavyball)", "K-FAC (curvlinops)",
 }  # fmt: skip
+STATEFUL = {"Adam", "Shampoo", "SOAP", "PSGD-Kron", "SOAP (heavyball)", "PSGD-Kron (heavyball)"}
 
 pytestmark = pytest.mark.slow  # one quick benchmark run, about 30 s of CPU
 
@@ -77,6 +78,8 @@ def test_every_optimizer_produced_finite_numbers(quick) -> None:
             assert all(math.isfinite(v) for v in row[key]), (name, key, row[key])
         if row["problem"] != "autoencoder":
             assert 0 <= row["test_acc"][0] <= 1, name
+        if row["optimizer"] in STATEFUL:  # heavyball nests its state in lists: counted too
+            assert row["state_mib"][0] > 0, name
     assert {r["problem"] for r in rows} == set(problems)
 
 
