@@ -18,7 +18,10 @@ from lanczos_optim.validation import CURVATURES, NUM_PROBES, SPECTRUM_LANCZOS_ST
 
 __all__ = ["build_parser", "main"]
 
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+_USER_ERRORS = (
+    ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
+    ModuleNotFoundError,  # a peer optimiser whose package is missing: the install hint
+)  # fmt: skip
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -87,8 +90,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--subset", type=int, help="train and test on this many samples")
     run.add_argument(
         "--optimizer",
-        help="sgd, adam, lanczos_newton, lanczos_saddle_free or any torch.optim class name"
-        + _default("optimizer"),
+        help="sgd, adam, lanczos_newton, lanczos_saddle_free, any torch.optim class name, or a "
+        "second-order peer (pip install 'lanczos-optim[bench]'): swats, adahessian, sophiah, "
+        "shampoo, soap, kron, kfac" + _default("optimizer"),
     )
     run.add_argument(
         "--opt",

@@ -306,7 +306,7 @@ def _build_run(
     net = net.to(dev)
     opt_cls = resolve_optimizer(c.optimizer)  # type: ignore[arg-type]
     kwargs_o = resolve_hyperparameters(opt_cls, c.optimizer_kwargs, c.lr)
-    opt = build_optimizer(opt_cls, net.parameters(), **kwargs_o)
+    opt = build_optimizer(opt_cls, net.parameters(), model=net, **kwargs_o)
     scheduler, swa_sched, swa_start, swa_lr, kwargs_s = build_schedulers(
         opt, c.schedule, c.schedule_kwargs, c.epochs, c.swa, c.swa_start, c.swa_lr
     )

@@ -228,6 +228,7 @@ def _error_cases(tmp: Path) -> list[tuple[dict, type[Exception], str]]:
          r"Unknown dataset 'imagenet'; allowed: digits, fashion-mnist"),
         ({"optimizer": "sgdd"}, ValueError,
          r"Unknown optimizer 'sgdd'; allowed: sgd, adam, lanczos_newton, lanczos_saddle_free, "
+         r"swats, adahessian, sophiah, shampoo, soap, kron, kfac, "
          r"or the name of any torch.optim optimizer class"),
         ({"schedule": "step"}, ValueError,
          r"Unknown schedule 'step'; allowed: linear, cosine, constant"),

@@ -1,0 +1,497 @@
+"""Benchmark: our optimisers against the second-order optimisers people use (issue 17, item 4).
+
+Optimisers: SGD (momentum 0.9) and Adam; LanczosNewton at its defaults and at the cheap setting
+(5 Lanczos steps, basis reused for 5 steps) and LanczosSaddleFreeNewton at its defaults, all three
+untuned, and LanczosNewton tuned on lr x damping; AdaHessian, SophiaH, Shampoo, SOAP and
+PSGD-Kron from pytorch-optimizer, SOAP and PSGD-Kron from heavyball (eager: its torch.compile
+takes about 30 s per optimiser on the CPU; pass ``--heavyball-compile`` for it), and K-FAC on
+curvlinops (classification only).
+
+Problems: a 64-64-10 tanh MLP on scikit-learn's digits; on a Fashion-MNIST subset (Debian's
+``dataset-fashion-mnist``) a 784-128-10 tanh MLP and a small strided CNN; and the deep
+autoencoder 784-1000-500-250-30 of Hinton & Salakhutdinov (2006) (logistic hidden units, linear
+code, the mirrored decoder; Bernoulli cross-entropy summed over pixels) on a Fashion-MNIST subset
+sized for the CPU.
+
+Protocol: every optimiser with a learning-rate grid is tuned on a validation split carved from
+the training data (seed 0, the last validation loss after the step budget; a diverged run loses),
+then its best setting runs ``--seeds`` seeds on the rest of the training data. Every optimiser of
+a seed starts from the same weights and sees the same batches. Reported: held-out test loss and
+accuracy, the training loss (whole training split) after the same number of steps, the
+optimiser's step time (forward, backward and update; evaluation excluded) and the time and steps
+to SGD's final training loss, time ratios to SGD in the same run; the optimiser's persistent
+state in MiB (``state_dict`` tensors; the peak of a step's temporaries is not measured on the CPU).
+
+Writes ``peers_optim.md`` (the Markdown table, also printed) and ``peers_optim.json`` (every run,
+tuning included) under ``--out`` (default ``benchmarks/results``).
+
+    python benchmarks/peers_optim.py             # full run (hours on 1 CPU thread)
+    python benchmarks/peers_optim.py --quick     # tiny sizes, 1 seed, 2-point grids (< 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from _report import write_report  # noqa: E402  (benchmarks/_report.py)
+
+from diagnostics.training.optimizers import build_optimizer, train_step  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+RESULTS = ROOT / "benchmarks" / "results"
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# ----------------------------------------------------------------------------- problems
+def _tanh_mlp(sizes: list[int]) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    return nn.Sequential(*layers[:-1])
+
+
+def _cnn(width: int, side: int = 28) -> nn.Module:
+    out = ((side - 5) // 2 + 1 - 3) // 2 + 1  # the side after the two strided convolutions
+    return nn.Sequential(
+        nn.Conv2d(1, width, 5, stride=2), nn.ReLU(), nn.Conv2d(width, 2 * width, 3, stride=2),
+        nn.ReLU(), nn.Flatten(), nn.Linear(2 * width * out * out, 10),
+    )  # fmt: skip
+
+
+def _autoencoder(sizes: list[int]) -> nn.Module:
+    """Logistic layers down to a linear code and back up; the output is the pixels' logits."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.Sigmoid()]
+    layers.pop()  # the code layer is linear
+    up = sizes[::-1]
+    for i, (a, b) in enumerate(pairwise(up)):
+        layers.append(nn.Linear(a, b))
+        if i < len(up) - 2:
+            layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+def _ce(outputs: Tensor, targets: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(outputs, targets)
+
+
+def _reconstruction(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Bernoulli cross-entropy summed over the pixels, averaged over the batch."""
+    flat = targets.flatten(1)
+    return nn.functional.binary_cross_entropy_with_logits(outputs, flat, reduction="sum") / len(
+        flat
+    )
+
+
+@dataclass
+class Problem:
+    dataset: str
+    model: Callable[[], nn.Module]
+    autoencoder: bool
+    batch: int
+    steps: int
+    train_subset: int | None
+    test_subset: int | None
+    pool: int = 1  # average-pool the images by this factor (quick mode: 28 x 28 -> 14 x 14)
+
+
+def problems(quick: bool) -> dict[str, Problem]:
+    if quick:  # Fashion-MNIST pooled to 14 x 14: Shampoo's 784 x 784 roots dominate otherwise
+        small = {"batch": 32, "steps": 6, "train_subset": 256, "test_subset": 128}
+        return {
+            "digits-mlp": Problem("digits", lambda: _tanh_mlp([64, 16, 10]), False, **small),
+            "fashion-mlp": Problem(
+                "fashion-mnist", lambda: _tanh_mlp([196, 16, 10]), False, **small, pool=2
+            ),
+            "fashion-cnn": Problem("fashion-mnist", lambda: _cnn(4, 14), False, **small, pool=2),
+            "autoencoder": Problem(
+                "fashion-mnist", lambda: _autoencoder([196, 32, 16, 8, 4]), True, **small, pool=2
+            ),
+        }
+    return {
+        "digits-mlp": Problem(
+            "digits", lambda: _tanh_mlp([64, 64, 10]), False, 64, 500, None, None
+        ),
+        "fashion-mlp": Problem(
+            "fashion-mnist", lambda: _tanh_mlp([784, 128, 10]), False, 128, 500, 12000, 2000
+        ),
+        "fashion-cnn": Problem("fashion-mnist", lambda: _cnn(8), False, 128, 500, 12000, 2000),
+        "autoencoder": Problem(
+            "fashion-mnist",
+            lambda: _autoencoder([784, 1000, 500, 250, 30]),
+            True,
+            128,
+            500,
+            6000,
+            1000,
+        ),
+    }
+
+
+@dataclass
+class Data:
+    train: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+
+
+def load_data(prob: Problem) -> Data:
+    """Training subset split 80/20 into training and validation (fixed order), and the test set."""
+    from diagnostics.training.datasets import load_dataset
+
+    x, y = load_dataset(prob.dataset, subset=prob.train_subset, seed=0).tensors
+    xt, yt = load_dataset(prob.dataset, train=False, subset=prob.test_subset, seed=0).tensors
+    if prob.pool > 1:
+        x, xt = (nn.functional.avg_pool2d(t, prob.pool) for t in (x, xt))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(y))
+    train, val = order[:cut], order[cut:]
+    if prob.autoencoder:  # the pixels are the targets
+        return Data((x[train], x[train]), (x[val], x[val]), (xt, xt))
+    return Data((x[train], y[train]), (x[val], y[val]), (xt, yt))
+
+
+# ----------------------------------------------------------------------------- optimisers
+Make = Callable[..., torch.optim.Optimizer]
+
+
+@dataclass
+class Spec:
+    label: str
+    make: Make  # make(params, model, **grid_point)
+    grid: list[dict[str, float]]
+    classification_only: bool = False
+
+
+def _named(name: str) -> Make:
+    return lambda params, model, **kw: build_optimizer(name, params, model=model, **kw)
+
+
+def _heavyball(attr: str) -> Make:
+    def make(params: list[nn.Parameter], model: nn.Module, **kw: float) -> torch.optim.Optimizer:
+        import heavyball
+
+        return getattr(heavyball, attr)(params, **kw)
+
+    return make
+
+
+def _lrs(*values: float) -> list[dict[str, float]]:
+    return [{"lr": v} for v in values]
+
+
+def specs() -> list[Spec]:
+    fine = _lrs(1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+    return [
+        Spec("SGD", _named("sgd"), _lrs(0.01, 0.03, 0.1, 0.3)),
+        Spec("Adam", _named("adam"), _lrs(3e-4, 1e-3, 3e-3, 1e-2)),
+        Spec("LanczosNewton()", _named("lanczos_newton"), [{}]),
+        Spec(
+            "LanczosNewton(lanczos_steps=5, update_every=5)",
+            _named("lanczos_newton"),
+            [{"lanczos_steps": 5, "update_every": 5}],
+        ),
+        Spec("LanczosSaddleFreeNewton()", _named("lanczos_saddle_free"), [{}]),
+        Spec(  # the tuned setting that the defaults are measured against (issue 17, item 1)
+            "LanczosNewton (tuned)",
+            _named("lanczos_newton"),
+            [{"lr": lr, "damping": d} for lr in (0.3, 1.0) for d in (0.3, 1.0, 3.0)],
+        ),
+        Spec("AdaHessian", _named("adahessian"), _lrs(0.01, 0.03, 0.1, 0.3)),
+        Spec("SophiaH", _named("sophiah"), _lrs(0.03, 0.1, 0.3, 1.0)),
+        Spec("Shampoo", _named("shampoo"), _lrs(0.03, 0.1, 0.3, 1.0)),
+        Spec("SOAP", _named("soap"), fine),
+        Spec("PSGD-Kron", _named("kron"), fine),
+        Spec("SOAP (heavyball)", _heavyball("SOAP"), fine),
+        Spec("PSGD-Kron (heavyball)", _heavyball("PSGDKron"), fine),
+        Spec("K-FAC (curvlinops)", _named("kfac"), _lrs(0.01, 0.03, 0.1, 0.3), True),
+    ]
+
+
+def _quick_grid(grid: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Two neighbouring points from the middle of a grid (the single point of an untuned one)."""
+    if len(grid) <= 2:
+        return grid
+    mid = len(grid) // 2
+    return grid[mid - 1 : mid + 1]
+
+
+# ----------------------------------------------------------------------------- one run
+@dataclass
+class Run:
+    problem: str
+    optimizer: str
+    setting: dict[str, float]
+    seed: int
+    phase: str  # "tune" or "seed"
+    steps: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_loss: float = math.nan  # validation (tune) or test (seed)
+    eval_acc: float = math.nan
+    step_seconds: float = math.nan
+    state_mib: float = math.nan
+    diverged: bool = False
+    error: str = ""
+
+
+def _evaluate(
+    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, ae: bool
+) -> tuple[float, float]:
+    total, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(y), 1000):
+            out = model(x[i : i + 1000])
+            total += float(loss_fn(out, y[i : i + 1000])) * len(out)
+            if not ae:
+                correct += int((out.argmax(1) == y[i : i + 1000]).sum())
+    return total / len(y), (math.nan if ae else correct / len(y))
+
+
+def _tensor_bytes(value: object) -> int:
+    """Bytes of the tensors in ``value``, looking into dicts, lists and tuples (heavyball nests)."""
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _state_mib(opt: torch.optim.Optimizer) -> float:
+    return _tensor_bytes(list(opt.state.values())) / 2**20
+
+
+def train_run(prob: Problem, data: Data, spec: Spec, run: Run, eval_every: int | None) -> Run:
+    """Train from seed ``run.seed``'s weights on its batches; fills ``run`` in place."""
+    loss_fn = _reconstruction if prob.autoencoder else _ce
+    torch.manual_seed(run.seed)
+    model = prob.model()
+    xtr, ytr = data.train
+    ev = data.val if run.phase == "tune" else data.test
+    try:
+        opt = spec.make(list(model.parameters()), model, **run.setting)
+    except Exception as err:  # an optimiser that does not run here: recorded, not fatal
+        run.error = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        return run
+    order = torch.Generator().manual_seed(1000 + run.seed)
+    loss0 = _evaluate(model, loss_fn, xtr, ytr, prob.autoencoder)[0]
+    run.steps, run.seconds, run.train_loss = [0], [0.0], [loss0]
+    perm, pos, clock = torch.randperm(len(ytr), generator=order), 0, 0.0
+    model.train()
+    for it in range(1, prob.steps + 1):
+        if pos + prob.batch > len(ytr):
+            perm, pos = torch.randperm(len(ytr), generator=order), 0
+        idx = perm[pos : pos + prob.batch]
+        pos += prob.batch
+        t0 = time.perf_counter()
+        try:
+            loss, _ = train_step(model, opt, loss_fn, xtr[idx], ytr[idx])
+        except Exception as err:
+            run.error = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            run.diverged = True
+            break
+        clock += time.perf_counter() - t0
+        if not math.isfinite(float(loss)) or float(loss) > 20 * max(loss0, 1.0):
+            run.diverged = True
+            break
+        if (eval_every and it % eval_every == 0) or it == prob.steps:
+            run.steps.append(it)
+            run.seconds.append(clock)
+            run.train_loss.append(_evaluate(model, loss_fn, xtr, ytr, prob.autoencoder)[0])
+    run.step_seconds = clock / max(1, run.steps[-1])
+    run.state_mib = _state_mib(opt)
+    if not run.diverged:
+        run.eval_loss, run.eval_acc = _evaluate(model, loss_fn, *ev, prob.autoencoder)
+    return run
+
+
+# ----------------------------------------------------------------------------- tuning and seeds
+def _val_score(r: Run) -> float:
+    return r.eval_loss if math.isfinite(r.eval_loss) and not r.diverged else math.inf
+
+
+def run_problem(
+    name: str, prob: Problem, todo: list[Spec], seeds: list[int], quick: bool, log: Callable
+) -> list[Run]:
+    data = load_data(prob)
+    runs: list[Run] = []
+    eval_every = max(1, prob.steps // 20)
+    for spec in todo:
+        if spec.classification_only and prob.autoencoder:
+            continue
+        grid = _quick_grid(spec.grid) if quick else spec.grid
+        tuned = [
+            train_run(prob, data, spec, Run(name, spec.label, g, 0, "tune"), None) for g in grid
+        ]
+        runs += tuned
+        best = min(tuned, key=_val_score)
+        for seed in seeds:
+            r = train_run(
+                prob, data, spec, Run(name, spec.label, best.setting, seed, "seed"), eval_every
+            )
+            runs.append(r)
+            log(
+                f"{name:12s} {spec.label:48s} {json.dumps(best.setting):16s} seed {seed}: "
+                f"train {r.train_loss[-1]:.4g} test {r.eval_loss:.4g} "
+                f"({r.step_seconds * 1000:.1f} ms/step){' ' + r.error if r.error else ''}"
+            )
+    return runs
+
+
+# ----------------------------------------------------------------------------- the table
+COLUMNS = [
+    "problem", "optimizer", "setting", "test loss", "test acc", "train loss", "step time ×SGD",
+    "time to SGD's loss ×SGD", "steps to SGD's loss", "state MiB", "diverged",
+]  # fmt: skip
+
+
+def _reach(r: Run, target: float) -> tuple[float, int | None]:
+    """Seconds and steps until the training loss first reached ``target``."""
+    if r.diverged or r.error:
+        return math.inf, None
+    for s, t, loss in zip(r.steps, r.seconds, r.train_loss, strict=True):
+        if loss <= target:
+            return t, s
+    return math.inf, None
+
+
+def _cell(values: list[float], fmt: str = ".4g") -> str:
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return "—"
+    mean = statistics.mean(vals)
+    spread = f" ± {statistics.stdev(vals):{fmt}}" if len(vals) > 1 else ""
+    return f"{mean:{fmt}}{spread}" + (
+        f" ({len(vals)}/{len(values)})" if len(vals) < len(values) else ""
+    )
+
+
+def summarize(runs: list[Run]) -> list[dict]:
+    """One row per (problem, optimiser) of the seed runs, ratios to SGD of the same seed."""
+    seeded = [r for r in runs if r.phase == "seed"]
+    sgd = {(r.problem, r.seed): r for r in seeded if r.optimizer == "SGD"}
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in seeded:
+        groups.setdefault((r.problem, r.optimizer), []).append(r)
+    rows = []
+    for (prob, label), rs in groups.items():
+        step_ratio, time_ratio, steps_to = [], [], []
+        for r in rs:
+            base = sgd.get((prob, r.seed))
+            if base is None or base.diverged:
+                continue
+            target = base.train_loss[-1]
+            step_ratio.append(r.step_seconds / base.step_seconds)
+            t, s = _reach(r, target)
+            t_sgd, _ = _reach(base, target)
+            time_ratio.append(t / t_sgd if math.isfinite(t) and t_sgd > 0 else math.inf)
+            steps_to.append(float(s) if s is not None else math.inf)
+        finals = [math.nan if (r.diverged or r.error) else r.train_loss[-1] for r in rs]
+        rows.append({
+            "problem": prob, "optimizer": label, "setting": rs[0].setting,
+            "test_loss": [r.eval_loss for r in rs], "test_acc": [r.eval_acc for r in rs],
+            "train_loss": finals, "step_time_ratio": step_ratio, "time_to_target_ratio": time_ratio,
+            "steps_to_target": steps_to, "state_mib": [r.state_mib for r in rs],
+            "diverged": sum(r.diverged for r in rs), "seeds": len(rs),
+            "errors": sorted({r.error for r in rs if r.error}),
+        })  # fmt: skip
+    return rows
+
+
+def _never(values: list[float], fmt: str) -> str:
+    if values and not any(math.isfinite(v) for v in values):
+        return "never"
+    return _cell(values, fmt)
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        setting = ", ".join(f"{k}={v:g}" for k, v in row["setting"].items()) or "defaults"
+        cells = [
+            row["problem"], f"`{row['optimizer']}`", setting, _cell(row["test_loss"]),
+            _cell(row["test_acc"], ".3f"), _cell(row["train_loss"]),
+            _cell(row["step_time_ratio"], ".2f"), _never(row["time_to_target_ratio"], ".2f"),
+            _never(row["steps_to_target"], ".0f"), _cell(row["state_mib"], ".2f"),
+            f"{row['diverged']}/{row['seeds']}" + (" (error)" if row["errors"] else ""),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 seed, 2-point grids")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (timings)")
+    parser.add_argument("--problems", default=None, help="comma list (default: all four)")
+    parser.add_argument("--optimizers", default=None, help="comma list of labels (default: all)")
+    parser.add_argument("--heavyball-compile", action="store_true", help="let heavyball compile")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not args.heavyball_compile:
+        try:
+            import heavyball.utils
+
+            heavyball.utils.compile_mode = None
+        except ImportError:
+            pass
+    all_problems = problems(args.quick)
+    names = args.problems.split(",") if args.problems else list(all_problems)
+    unknown = [n for n in names if n not in all_problems]
+    if unknown:
+        parser.error(f"unknown problem(s) {unknown}; allowed: {', '.join(all_problems)}")
+    todo = specs()
+    if args.optimizers:
+        wanted = set(args.optimizers.split(","))
+        todo = [s for s in todo if s.label in wanted]
+    seeds = [0] if args.quick else list(range(args.seeds))
+    started = time.perf_counter()
+    runs: list[Run] = []
+    for name in names:
+        runs += run_problem(name, all_problems[name], todo, seeds, args.quick,
+                            lambda msg: print(msg, flush=True))  # fmt: skip
+    rows = summarize(runs)
+    md = [
+        "# Second-order peers benchmark",
+        "",
+        f"`benchmarks/peers_optim.py{' --quick' if args.quick else ''}`, torch "
+        f"{torch.__version__}, CPU, {args.threads} thread(s), {len(seeds)} seed(s). Ratios to "
+        "SGD of the same seed; 'SGD's loss' is SGD's final training loss; 'never': not reached "
+        "within the budget. Total time "
+        f"{(time.perf_counter() - started) / 60:.1f} min.",
+        "",
+        *table(rows),
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "peers_optim.json").write_text(
+        json.dumps({"rows": rows, "runs": [asdict(r) for r in runs]}, default=str)
+    )
+    write_report(md, args.out / "peers_optim.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
