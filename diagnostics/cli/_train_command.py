@@ -63,14 +63,15 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def _check_spectra(args: argparse.Namespace) -> None:
     from diagnostics.training.epoch_spectra import check_spectrum_settings
+    from lanczos_optim import check_lanczos_steps
 
     if args.spectrum_every is not None:
         try:
-            check_spectrum_settings(args.spectrum_every, "hessian", args.spectrum_steps, "eval",
-                                    name="--spectrum-every")  # fmt: skip
+            check_lanczos_steps(args.spectrum_steps)
         except ValueError as err:
-            flag = "--spectrum-steps: " if "lanczos_steps" in str(err) else ""
-            raise ValueError(f"{flag}{err}") from None
+            raise ValueError(f"--spectrum-steps: {err}") from None
+        check_spectrum_settings(args.spectrum_every, "hessian", args.spectrum_steps, "eval",
+                                name="--spectrum-every")  # fmt: skip
 
 
 def _test_split(config: TrainConfig) -> Any:
