@@ -924,6 +924,7 @@ def _cache_basis(
         state["basis_params"] = index
         state["basis_age"] = solve.basis_age
     elif every > 1 and not refresh:
+        state["krylov_basis"] = kinfo.basis  # back in its storage dtype after load_state_dict
         state["basis_age"] = solve.basis_age
     else:
         for key in _CACHE_KEYS:

@@ -64,6 +64,13 @@ ERROR_CASES = {
     "seed-float": (dict(seed=1.5), ValueError, r"Invalid seed: 1.5"),
     "block-size-zero": (dict(block_size=0), ValueError, r"Invalid block_size value: 0"),
     "block-size-float": (dict(block_size=2.0), ValueError, r"Invalid block_size value: 2.0"),
+    "basis-dtype-int": (
+        dict(basis_dtype=torch.int8),
+        ValueError,
+        r"Invalid basis_dtype: torch.int8",
+    ),
+    "basis-dtype-str": (dict(basis_dtype="bf16"), ValueError, r"Invalid basis_dtype: 'bf16'"),
+    "basis-device": (dict(basis_device="nowhere"), ValueError, r"Invalid basis_device: 'nowhere'"),
 }
 
 
@@ -242,6 +249,11 @@ VALID_CONFIGS = {
     "saddle-free-random-every-momentum": (
         LanczosSaddleFreeNewton,
         dict(krylov_start="random", update_every=2, momentum=0.5, lanczos_steps=6),
+    ),
+    # load_state_dict casts the cached bfloat16 basis to float64; the step casts it back.
+    "bf16-basis-reused-across-the-checkpoint": (
+        LanczosNewton,
+        dict(update_every=3, lanczos_steps=5, basis_dtype=torch.bfloat16, basis_device="cpu"),
     ),
 }
 
