@@ -20,7 +20,7 @@ def test_quick_run_reports_every_optimizer_with_a_goal(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(SCRIPT), "--quick", "--batch", "8", "--out", str(out)]
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")][2:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")][1:]
     names = [row.split(" | ")[0][2:] for row in rows]
     assert names == [
         "SGD (momentum 0.9)",
