@@ -37,6 +37,14 @@ class LanczosBasis:
         itemsize = dtype.itemsize
         self._chunk = max(1, min(_CHUNK, _CHUNK_BYTES // max(1, dim * itemsize)))
 
+    @classmethod
+    def of(cls, data: Tensor, *, dtype: torch.dtype, device: torch.device) -> LanczosBasis:
+        """View a stored ``[m, P]`` basis (any storage) for arithmetic in ``dtype``/``device``."""
+        basis = cls(0, data.shape[1], dtype=dtype, device=device)
+        basis.data, basis.size = data, data.shape[0]
+        basis._direct = data.dtype == dtype and data.device == torch.device(device)
+        return basis
+
     def append(self, v: Tensor) -> None:
         """Store ``v`` as the next basis vector."""
         self.data[self.size] = v.to(self.data.device, self.data.dtype)
@@ -73,6 +81,14 @@ class LanczosBasis:
         if float(torch.linalg.vector_norm(w)) < _DGKS * float(before):
             w = self._project_once(w)
         return w
+
+    def coordinates(self, w: Tensor) -> Tensor:
+        """Return ``V w``, the ``[size]`` coordinates of ``w`` along the stored vectors."""
+        if self._direct:
+            return self.data[: self.size] @ w
+        if self.size == 0:
+            return w.new_zeros(0)
+        return torch.cat([q @ w for _, _, q in self._chunks()])
 
     def combine(self, coefficients: Tensor) -> Tensor:
         """Return ``V^T C`` for a ``[size, k]`` coefficient matrix ``C``: shape ``[P, k]``."""

@@ -29,19 +29,27 @@ _CUT = 2 / 3  # columns whose norm falls below eps**_CUT * ||T|| are dropped (as
 
 @dataclass
 class BlockLanczosResult:
-    """What :func:`block_lanczos` returns.
+    r"""What :func:`block_lanczos` returns.
 
-    Ritz values (float64, CPU, ascending), unit Ritz vectors ``[P, m]``, upper bounds on their
-    residuals (float64, CPU), Gauss weights of the first start column, products used, and
-    whether the Krylov space became invariant.
+    Ritz values (float64, CPU, ascending), the ``[m, P]`` basis rows :math:`Q` and the float64
+    ``[m, m]`` eigenvectors :math:`S` of the block tridiagonal (Ritz vectors
+    :math:`Q^\top S`), upper bounds on their residuals (float64, CPU), Gauss weights of the
+    first start column, products used, and whether the Krylov space became invariant.
     """
 
     ritz_values: Tensor
-    ritz_vectors: Tensor
+    basis: Tensor
+    eigvecs: Tensor
     residuals: Tensor
     weights: Tensor
     num_products: int
     breakdown: bool
+
+    @property
+    def ritz_vectors(self) -> Tensor:
+        """The unit Ritz vectors ``[P, m]``, formed on each access."""
+        u = self.basis.T @ self.eigvecs.to(device=self.basis.device, dtype=self.basis.dtype)
+        return u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
 
 
 def _qr(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,11 +145,10 @@ def block_lanczos(
     if cut is not None and cut.shape[0] > 0:  # triangle inequality: a bound, as documented
         before = s[offsets[-3] : offsets[-2]]
         residuals += torch.linalg.vector_norm(cut @ before, dim=0)
-    u = store[:m].T @ s.to(device=device, dtype=dtype)
-    u = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
     return BlockLanczosResult(
         ritz_values=theta,
-        ritz_vectors=u,
+        basis=store[:m],
+        eigvecs=s,
         residuals=residuals,
         weights=s[0] ** 2,
         num_products=used,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._linear_operator import _MatVec, as_matvec
 from lanczos_optim.lanczos import _start_vector, lanczos
@@ -46,7 +47,10 @@ class KrylovSolveInfo:
         ritz_values: Ritz values :math:`\theta_i`, ascending, float64 ``[m]``.
         weights: Gauss quadrature weights of the start vector, float64 ``[m]``.
         residuals: Residual bounds :math:`\|C u_i - \theta_i u_i\|`, float64 ``[m]``.
-        ritz_vectors: Unit Ritz vectors :math:`U = [u_i]`, ``[P, m]`` in the vector's dtype.
+        basis: The orthonormal Krylov basis :math:`Q`, ``[m, P]`` rows, in its storage dtype
+            and on its storage device (``basis_dtype``/``basis_device``).
+        coordinates: :math:`S`, float64 ``[m, m]``: the Ritz vectors are :math:`U = Q^\top S`
+            (see :attr:`ritz_vectors`, formed only when asked for).
         damping: The damping :math:`\delta`.
         transform: ``"newton"`` or ``"abs"``.
         factors: :math:`f(\theta_i)`, float64 ``[m]``.
@@ -70,7 +74,8 @@ class KrylovSolveInfo:
     ritz_values: Tensor
     weights: Tensor
     residuals: Tensor
-    ritz_vectors: Tensor
+    basis: Tensor
+    coordinates: Tensor
     damping: float
     transform: str
     factors: Tensor
@@ -84,6 +89,8 @@ class KrylovSolveInfo:
     product_seconds: float = 0.0
     total_seconds: float = 0.0
     _in_span: bool = field(default=False, repr=False)
+    _dtype: torch.dtype = field(default=torch.float64, repr=False)
+    _device: torch.device = field(default=torch.device("cpu"), repr=False)
 
     def predicted_decrease(self, lr: float = 1.0) -> float:
         r"""Decrease of the quadratic model for the step :math:`-\mathrm{lr}\, d`.
@@ -95,36 +102,53 @@ class KrylovSolveInfo:
         """
         return lr * self.v_dot_d - 0.5 * lr * lr * self.d_curvature_d
 
+    @property
+    def ritz_vectors(self) -> Tensor:
+        r"""The unit Ritz vectors :math:`U = Q^\top S`, ``[P, m]`` in the solved vector's dtype.
+
+        Formed on each access (an ``m x P`` matrix, as large as the basis); the solve itself
+        never forms them.
+        """
+        u = self._view().combine(self.coordinates)
+        return u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
+
+    def _view(self) -> LanczosBasis:
+        return LanczosBasis.of(self.basis, dtype=self._dtype, device=self._device)
+
     def apply(self, v: Tensor) -> Tensor:
         r"""Apply the same damped inverse to another vector :math:`v` (no new products).
 
         .. math::
-            d = \sum_i f(\theta_i)\, u_i u_i^\top v + \frac{1}{\delta}\,(v - U U^\top v)
+            d = Q^\top S\, f(\Theta)\, S^\top Q v + \frac{1}{\delta}\,(v - Q^\top S S^\top Q v)
         """
-        return _apply(self.ritz_vectors, self.factors, self.damping, v, in_span=False)[0]
+        basis = LanczosBasis.of(self.basis, dtype=v.dtype, device=v.device)
+        return _apply(basis, self.coordinates, self.factors, self.damping, v, in_span=False)[0]
 
 
 def _apply(
-    u: Tensor, factors: Tensor, damping: float, v: Tensor, *, in_span: bool
+    basis: LanczosBasis, s: Tensor, factors: Tensor, damping: float, v: Tensor, *, in_span: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Return ``d``, the coefficients ``U^T v`` and the complement ``v - U U^T v``.
+    r"""Return ``d``, the Ritz coefficients ``S^T Q v`` (float64) and the complement.
 
+    The step is formed in the basis's coordinates, :math:`d = Q^\top S f S^\top Q v`, so the
+    ``[P, m]`` Ritz vectors are never formed; the complement is :math:`v - Q^\top S S^\top Q v`.
     With ``in_span`` (the Krylov space was started from ``v``, so ``v`` lies in it exactly),
     the complement is rounding noise and is set to zero rather than amplified by ``1/damping``.
     """
-    coeffs = u.T @ v
-    d = u @ (factors.to(device=v.device, dtype=v.dtype) * coeffs)
+    coeffs = s.T @ basis.coordinates(v).to(device=s.device, dtype=s.dtype)
+    fc = factors * coeffs
     if in_span:
-        complement = torch.zeros_like(v)
-    else:
-        complement = v - u @ coeffs
-        d = d + complement / damping
-    return d, coeffs, complement
+        d = basis.combine((s @ fc)[:, None])[:, 0]
+        return d, coeffs, torch.zeros_like(v)
+    both = basis.combine(torch.stack([s @ fc, s @ coeffs], dim=1))
+    complement = v - both[:, 1]
+    return both[:, 0] + complement / damping, coeffs, complement
 
 
 def _solve_in_basis(
     ritz_values: Tensor,
-    ritz_vectors: Tensor,
+    basis: Tensor,
+    coordinates: Tensor,
     damping: float,
     transform: str,
     v: Tensor,
@@ -132,17 +156,20 @@ def _solve_in_basis(
     in_span: bool = False,
     vnorm2: float | None = None,
 ) -> tuple[Tensor, KrylovSolveInfo]:
-    """Apply the damped inverse of given Ritz pairs to ``v``; return ``d`` and its info.
+    """Apply the damped inverse of the Ritz pairs ``(Q, S, theta)`` to ``v``; return ``d``, info.
 
     Shared by :func:`krylov_solve` and the optimisers (which reuse a basis for several steps),
-    so that a fresh and a reused basis go through exactly the same arithmetic. ``weights`` and
-    ``residuals`` of the returned info are empty; the caller fills what it knows.
+    so that a fresh and a reused basis go through exactly the same arithmetic. ``basis`` is the
+    stored ``[m, P]`` Krylov basis (any storage dtype and device), ``coordinates`` the float64
+    ``[m, m]`` eigenvectors of the tridiagonal. ``weights`` and ``residuals`` of the returned
+    info are empty; the caller fills what it knows.
     """
     factors, clipped = _spectral_factors(ritz_values, damping, transform)
-    d, coeffs, complement = _apply(ritz_vectors, factors, damping, v, in_span=in_span)
+    s = coordinates.to(device="cpu", dtype=torch.float64)
+    view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
+    d, c64, complement = _apply(view, s, factors, damping, v, in_span=in_span)
     if vnorm2 is None:
         vnorm2 = float(torch.dot(v.double(), v.double()))
-    c64 = coeffs.double().cpu()  # the factors and Ritz values are float64 on the CPU
     fc = factors * c64
     r2 = float(complement.double() @ complement.double())
     empty = torch.zeros(0, dtype=torch.float64, device="cpu")
@@ -150,7 +177,8 @@ def _solve_in_basis(
         ritz_values=ritz_values,
         weights=empty,
         residuals=empty,
-        ritz_vectors=ritz_vectors,
+        basis=basis,
+        coordinates=s,
         damping=damping,
         transform=transform,
         factors=factors,
@@ -160,6 +188,8 @@ def _solve_in_basis(
         d_curvature_d=float(ritz_values.double() @ (fc * fc)),
         d_abs_curvature_d=float(ritz_values.double().abs() @ (fc * fc)),
         _in_span=in_span,
+        _dtype=v.dtype,
+        _device=v.device,
     )
     return d, info
 
@@ -241,6 +271,8 @@ def krylov_solve(
     generator: torch.Generator | None = None,
     return_info: bool = False,
     block_size: int = 1,
+    basis_dtype: torch.dtype | None = None,
+    basis_device: torch.device | str | None = None,
 ) -> Tensor | tuple[Tensor, KrylovSolveInfo]:
     r"""Damped inverse-curvature-vector product from ``lanczos_steps`` Lanczos steps.
 
@@ -292,6 +324,11 @@ def krylov_solve(
             Krylov dimensions take ``lanczos_steps / b`` sequential steps. The space differs
             from plain Lanczos (it is not the Krylov space of the start vector alone); with
             ``lanczos_steps = P`` both are exact. Default 1: plain Lanczos.
+        basis_dtype: Storage precision of the ``m x P`` Krylov basis (e.g.
+            ``torch.bfloat16``), as in :func:`~lanczos_optim.lanczos`. Default: ``v``'s dtype.
+        basis_device: Where the basis is stored (e.g. ``"cpu"``). Default: ``v``'s device.
+            Block Lanczos (``block_size > 1``) builds its basis in ``v``'s dtype and device and
+            stores it converted afterwards.
 
     Returns:
         ``d`` with ``v``'s shape, dtype and device; with ``return_info``, ``(d, info)``.
@@ -334,11 +371,13 @@ def krylov_solve(
         timer = _Timed(v.device)
         steps = min(lanczos_steps, op.dim)
         if block_size > 1:
-            theta, u, record = _block_run(op, v, v0, steps, generator, timer, block_size)
+            theta, q, s, record = _block_run(op, v, v0, steps, generator, timer, block_size)
+            q = q.to(device=basis_device or q.device, dtype=basis_dtype or q.dtype)
         else:
-            theta, u, record = _single_run(op, v, v0, steps, generator, timer)
+            storage = {"basis_dtype": basis_dtype, "basis_device": basis_device}
+            theta, q, s, record = _single_run(op, v, v0, steps, generator, timer, storage)
         d, info = _solve_in_basis(
-            theta, u, damping, transform, v, in_span=v0 is None, vnorm2=vnorm2
+            theta, q, s, damping, transform, v, in_span=v0 is None, vnorm2=vnorm2
         )
         for key, value in record.items():
             setattr(info, key, value)
@@ -370,12 +409,15 @@ def _zero_info(v: Tensor, damping: float, transform: str) -> KrylovSolveInfo:
         ritz_values=empty,
         weights=empty,
         residuals=empty,
-        ritz_vectors=v.new_zeros(v.shape[0], 0),
+        basis=v.new_zeros(0, v.shape[0]),
+        coordinates=torch.zeros(0, 0, dtype=torch.float64, device="cpu"),
         damping=damping,
         transform=transform,
         factors=empty,
         krylov_fraction=1.0,
         _in_span=True,
+        _dtype=v.dtype,
+        _device=v.device,
     )
 
 
@@ -387,8 +429,8 @@ def _block_run(
     generator: torch.Generator | None,
     timer: _Timed,
     block_size: int,
-) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Block Lanczos of width ``block_size``: Ritz values, Ritz vectors and the run's record."""
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    """Block Lanczos of width ``block_size``: Ritz values, basis, eigenvectors of T, record."""
     first = v if v0 is None else (v0 if isinstance(v0, Tensor) else None)
     width = min(block_size, op.dim)
     matmat = timer.wrap(_matmat_of(op))
@@ -398,7 +440,7 @@ def _block_run(
     block = block_lanczos(matmat, start_block, steps)
     record = {"weights": block.weights, "residuals": block.residuals}
     record |= {"num_products": block.num_products, "breakdown": block.breakdown}
-    return block.ritz_values, block.ritz_vectors, record
+    return block.ritz_values, block.basis, block.eigvecs, record
 
 
 def _single_run(
@@ -408,21 +450,22 @@ def _single_run(
     steps: int,
     generator: torch.Generator | None,
     timer: _Timed,
-) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Plain Lanczos: Ritz values, Ritz vectors and the run's record."""
+    storage: dict[str, Any],
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    """Plain Lanczos: Ritz values, the stored basis, the tridiagonal's eigenvectors, the record."""
     res = lanczos(
         timer.wrap(op.matvec),
         steps,
         v0=v if v0 is None else (None if isinstance(v0, str) else v0),
         generator=generator,
-        compute_vectors=True,
+        keep_basis=True,
         dim=op.dim,
         dtype=op.dtype,
         device=op.device,
+        **storage,
     )
-    u = res.ritz_vectors
-    if u is None:  # pragma: no cover - compute_vectors=True always returns them
-        raise RuntimeError("lanczos returned no Ritz vectors.")
+    if res.basis is None:  # pragma: no cover - keep_basis=True always returns it
+        raise RuntimeError("lanczos returned no basis.")
     record = {"weights": res.weights, "residuals": res.residuals}
     record |= {"num_products": res.num_steps, "breakdown": res.breakdown}
-    return res.ritz_values, u, record
+    return res.ritz_values, res.basis, res.eigvecs_T, record

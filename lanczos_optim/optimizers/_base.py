@@ -33,7 +33,9 @@ KRYLOV_STARTS = ("gradient", "random")
 Closure = Callable[[], Any]
 
 _CACHE_KEYS = (
-    "ritz_vectors",
+    "krylov_basis",
+    "ritz_coordinates",
+    "ritz_vectors",  # the Ritz vectors themselves, cached before the basis was stored instead
     "ritz_values",
     "ritz_weights",
     "ritz_residuals",
@@ -87,6 +89,25 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
     block = hp["block_size"]
     if not _is_int(block) or block < 1:
         raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
+    _check_storage(hp["basis_dtype"], hp["basis_device"])
+
+
+def _check_storage(dtype: object, device: object) -> None:
+    """Raise torch-style errors on an invalid ``basis_dtype`` or ``basis_device``."""
+    if dtype is not None and (
+        not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex
+    ):
+        raise ValueError(
+            f"Invalid basis_dtype: {dtype!r} (must be None or a real floating-point torch.dtype)"
+        )
+    if device is None or isinstance(device, torch.device):
+        return
+    try:
+        torch.device(device)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"Invalid basis_device: {device!r} (must be None, a torch.device or a device string)"
+        ) from None
 
 
 def _graph_leaves(root: Any, stop: Any = None) -> tuple[set[int], bool]:
@@ -137,6 +158,8 @@ class _LanczosNewtonBase(Optimizer):
         max_step_norm: float | None,
         seed: int | None,
         block_size: int = 1,
+        basis_dtype: torch.dtype | None = None,
+        basis_device: torch.device | str | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -150,6 +173,8 @@ class _LanczosNewtonBase(Optimizer):
             "max_step_norm": max_step_norm,
             "seed": seed,
             "block_size": block_size,
+            "basis_dtype": basis_dtype,
+            "basis_device": basis_device,
         }
         _validate(type(self).__name__, defaults)
         self._recorder = _protocols.OutputRecorder()
@@ -161,6 +186,8 @@ class _LanczosNewtonBase(Optimizer):
         self.__dict__.setdefault("_recorder", _protocols.OutputRecorder())
         for group in self.param_groups:  # state dicts saved before block_size existed
             group.setdefault("block_size", 1)
+            group.setdefault("basis_dtype", None)
+            group.setdefault("basis_device", None)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -675,6 +702,8 @@ class _LanczosNewtonBase(Optimizer):
                     generator=gen,
                     return_info=True,
                     block_size=block,
+                    basis_dtype=group["basis_dtype"],
+                    basis_device=group["basis_device"],
                 )
             except FloatingPointError:
                 raise _SkipStep("non-finite curvature") from None
@@ -692,17 +721,29 @@ class _LanczosNewtonBase(Optimizer):
             info.product_seconds = kinfo.product_seconds
             solve = _Solve(d, kinfo, gen, 0)
         else:
-            solve = self._cached_solve(state, damping, flat_g)
+            solve = self._cached_solve(state, group, damping, flat_g)
         kinfo = solve.info
         info.ritz_values, info.weights = kinfo.ritz_values, kinfo.weights
         info.residuals, info.krylov_fraction = kinfo.residuals, kinfo.krylov_fraction
         info.num_clipped, info.basis_age = kinfo.num_clipped, solve.basis_age
         return solve
 
-    def _cached_solve(self, state: dict[str, Any], damping: float, flat_g: Tensor) -> _Solve:
-        """The direction in the Ritz pairs cached by an earlier step (``update_every > 1``)."""
+    def _cached_solve(
+        self, state: dict[str, Any], group: dict[str, Any], damping: float, flat_g: Tensor
+    ) -> _Solve:
+        """The direction in the Krylov basis cached by an earlier step (``update_every > 1``).
+
+        The basis goes back to its storage dtype and device first: ``load_state_dict`` casts
+        state tensors to the parameters' (exactly, so the stored values come back bit for bit).
+        """
         theta = _cpu64(state["ritz_values"])
-        d, kinfo = _solve_in_basis(theta, state["ritz_vectors"], damping, self._transform, flat_g)
+        q = state["krylov_basis"]
+        q = q.to(
+            device=group["basis_device"] or flat_g.device, dtype=group["basis_dtype"] or q.dtype
+        )
+        s = torch.tensor(state["ritz_coordinates"], dtype=torch.float64, device="cpu")
+        s = s.reshape(theta.numel(), theta.numel())
+        d, kinfo = _solve_in_basis(theta, q, s, damping, self._transform, flat_g)
         kinfo.weights = _cpu64(state["ritz_weights"])
         kinfo.residuals = _cpu64(state["ritz_residuals"])
         if not bool(torch.isfinite(d).all()):
@@ -828,7 +869,7 @@ def _basis_due(state: dict[str, Any], index: list[int], every: int) -> bool:
     """Whether this step computes a fresh Lanczos basis instead of reusing the cached one."""
     return (
         every == 1
-        or state.get("ritz_vectors") is None
+        or state.get("krylov_basis") is None
         or state.get("basis_params") != index
         or state.get("basis_age", 0) + 1 >= every
     )
@@ -866,16 +907,24 @@ def _mean_gradient(
 def _cache_basis(
     state: dict[str, Any], solve: _Solve, index: list[int], refresh: bool, every: int
 ) -> None:
-    """Keep the Ritz pairs for the next ``every - 1`` steps, or drop a cache no longer used."""
+    r"""Keep the basis for the next ``every - 1`` steps, or drop a cache no longer used.
+
+    The ``[m, P]`` Krylov basis :math:`Q` is kept once, with the small float64 eigenvectors
+    :math:`S` of the tridiagonal and the Ritz values, not as Ritz vectors :math:`Q^\top S`.
+    """
     kinfo = solve.info
-    if every > 1 and refresh and kinfo.ritz_vectors.shape[1] > 0:
-        state["ritz_vectors"] = kinfo.ritz_vectors
+    if every > 1 and refresh and kinfo.basis.shape[0] > 0:
+        for key in _CACHE_KEYS:
+            state.pop(key, None)
+        state["krylov_basis"] = kinfo.basis
+        state["ritz_coordinates"] = kinfo.coordinates.tolist()
         state["ritz_values"] = kinfo.ritz_values.tolist()
         state["ritz_weights"] = kinfo.weights.tolist()
         state["ritz_residuals"] = kinfo.residuals.tolist()
         state["basis_params"] = index
         state["basis_age"] = solve.basis_age
     elif every > 1 and not refresh:
+        state["krylov_basis"] = kinfo.basis  # back in its storage dtype after load_state_dict
         state["basis_age"] = solve.basis_age
     else:
         for key in _CACHE_KEYS:

@@ -30,6 +30,8 @@ SHARED_OPTIONS = (
     "max_step_norm",
     "seed",
     "block_size",
+    "basis_dtype",
+    "basis_device",
 )
 #: Options a parameter group may set for itself.
 PER_GROUP_OPTIONS = ("lr", "weight_decay")

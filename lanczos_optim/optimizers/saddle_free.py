@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lanczos_optim.optimizers._base import _LanczosNewtonBase
@@ -83,6 +84,13 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             (``is_grads_batched``), so the ``lanczos_steps`` dimensions take
             ``lanczos_steps / b`` sequential passes: a speed-up where one batch does not fill
             the device (GPUs); on the CPU a vmapped pass costs about as much as the loop.
+        basis_dtype: Storage precision of the ``lanczos_steps x P`` Krylov basis, e.g.
+            ``torch.bfloat16`` to halve its memory (the recurrence and the step stay in the
+            parameters' dtype); default ``None``: the parameters' dtype. The step is formed in
+            the basis's coordinates, :math:`d = Q^\top S f(\Theta) S^\top Q g` plus the
+            complement, so no Ritz vectors are formed; ``update_every > 1`` keeps this one basis.
+        basis_device: Where the basis is stored, e.g. ``"cpu"`` while training on a GPU;
+            default ``None``: the parameters' device.
 
     Raises:
         ValueError: On an invalid hyperparameter, a group that differs in a shared option,
@@ -121,6 +129,8 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         max_step_norm: float | None = 1.0,
         seed: int | None = None,
         block_size: int = 1,
+        basis_dtype: torch.dtype | None = None,
+        basis_device: torch.device | str | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -135,4 +145,6 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             max_step_norm=max_step_norm,
             seed=seed,
             block_size=block_size,
+            basis_dtype=basis_dtype,
+            basis_device=basis_device,
         )

@@ -156,6 +156,12 @@ CASES: dict[str, Case] = {
     ),
     "LanczosNewton-reuse-basis": _run_optimizer(LanczosNewton, update_every=2),
     "LanczosNewton-blocks": _run_optimizer(LanczosNewton, block_size=3),
+    "LanczosNewton-bf16-cpu-basis-reused": _run_optimizer(
+        LanczosNewton, update_every=2, basis_dtype=torch.bfloat16, basis_device="cpu"
+    ),
+    "LanczosNewton-bf16-basis-blocks": _run_optimizer(
+        LanczosNewton, block_size=3, basis_dtype=torch.bfloat16
+    ),
     "LanczosSaddleFreeNewton": _run_optimizer(LanczosSaddleFreeNewton),
     "LanczosSaddleFreeNewton-random-reuse": _run_optimizer(
         LanczosSaddleFreeNewton, krylov_start="random", update_every=3

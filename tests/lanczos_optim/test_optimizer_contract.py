@@ -64,6 +64,13 @@ ERROR_CASES = {
     "seed-float": (dict(seed=1.5), ValueError, r"Invalid seed: 1.5"),
     "block-size-zero": (dict(block_size=0), ValueError, r"Invalid block_size value: 0"),
     "block-size-float": (dict(block_size=2.0), ValueError, r"Invalid block_size value: 2.0"),
+    "basis-dtype-int": (
+        dict(basis_dtype=torch.int8),
+        ValueError,
+        r"Invalid basis_dtype: torch.int8",
+    ),
+    "basis-dtype-str": (dict(basis_dtype="bf16"), ValueError, r"Invalid basis_dtype: 'bf16'"),
+    "basis-device": (dict(basis_device="nowhere"), ValueError, r"Invalid basis_device: 'nowhere'"),
 }
 
 
@@ -243,6 +250,11 @@ VALID_CONFIGS = {
         LanczosSaddleFreeNewton,
         dict(krylov_start="random", update_every=2, momentum=0.5, lanczos_steps=6),
     ),
+    # load_state_dict casts the cached bfloat16 basis to float64; the step casts it back.
+    "bf16-basis-reused-across-the-checkpoint": (
+        LanczosNewton,
+        dict(update_every=3, lanczos_steps=5, basis_dtype=torch.bfloat16, basis_device="cpu"),
+    ),
 }
 
 
@@ -326,7 +338,7 @@ def test_update_every_reuses_the_basis() -> None:
     assert ages == [0, 1, 2, 0, 1, 2]
     # A reused step applies the stored basis to the new gradient, complement included.
     state = opt.state[next(iter(model.parameters()))]
-    assert state["ritz_vectors"].shape[1] == 5
+    assert state["krylov_basis"].shape[0] == 5
 
 
 def test_deepcopy_steps_identically() -> None:
@@ -386,7 +398,7 @@ def test_dtype_preserved(cls: type, dtype: torch.dtype) -> None:
         assert p.dtype == dtype
         assert p.grad.dtype == dtype
         assert opt.state[p]["momentum_buffer"].dtype == dtype
-    assert opt.state[next(iter(model.parameters()))]["ritz_vectors"].dtype == dtype
+    assert opt.state[next(iter(model.parameters()))]["krylov_basis"].dtype == dtype
     assert opt.last_info.ritz_values.dtype == F64
 
 

@@ -1,0 +1,37 @@
+"""``benchmarks/optimizer_memory.py --quick``: one row per optimiser, finite peaks, the goal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "optimizer_memory.py"
+
+pytestmark = pytest.mark.slow  # five small child processes, a few seconds each
+
+
+def test_quick_run_reports_every_optimizer_with_a_goal(tmp_path: Path) -> None:
+    out = tmp_path / "memory.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--batch", "8", "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    names = [row.split(" | ")[0][2:] for row in rows]
+    assert names == [
+        "SGD (momentum 0.9)",
+        "Adam",
+        "LanczosNewton defaults",
+        "LanczosNewton(basis_dtype=bfloat16)",
+        "LanczosNewton(lanczos_steps=5, update_every=5)",
+    ]
+    for row in rows:
+        cells = row.strip("| ").split(" | ")
+        assert float(cells[1]) > 0  # peak RSS in MiB
+        has_goal = cells[0].startswith("Lanczos")
+        assert (cells[3] != "-") == has_goal
+        assert cells[4].startswith(("yes", "no")) == has_goal
