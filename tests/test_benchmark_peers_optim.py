@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "peers_optim.py"
 COLUMNS = (
     "| problem | optimizer | setting | test loss | test acc | train loss | step time ×SGD | "
-    "time to SGD's loss ×SGD | steps to SGD's loss | state MiB | diverged |"
+    "time to SGD's loss ×SGD | steps to SGD's loss | time to Adam's loss ×Adam | state MiB | "
+    "diverged |"
 )
 OPTIMIZERS = {
     "SGD", "Adam", "LanczosNewton()", "LanczosNewton(lanczos_steps=5, update_every=5)",
@@ -55,6 +56,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, list[str
 def test_the_table_has_the_columns_and_a_row_per_optimizer_and_problem(quick) -> None:
     stdout, _, problems = quick
     lines = stdout.splitlines()
+    lines = lines[: lines.index("## Who wins")]
     assert COLUMNS in lines
     rows = [line for line in lines if line.startswith("| ") and line != COLUMNS]
     found = {(r.split(" | ")[0][2:], r.split(" | ")[1].strip("`")) for r in rows}
@@ -100,3 +102,54 @@ def test_same_start_and_tuning_grid(quick) -> None:
     for (_, opt), settings in tune.items():
         untuned = opt.startswith("Lanczos") and "tuned" not in opt
         assert len(settings) == (1 if untuned else 2), (opt, settings)
+
+
+def test_the_winners_table_has_a_row_per_problem(quick) -> None:
+    stdout, _, problems = quick
+    lines = stdout.splitlines()
+    at = lines.index("## Who wins")
+    rows = [line for line in lines[at:] if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0][2:] for r in rows] == problems
+
+
+def test_merge_keeps_the_runs_and_retime_replaces_only_the_clocks(quick, tmp_path) -> None:
+    # A second invocation that runs nothing, merges the first's runs and re-times them.
+    _, first, _ = quick
+    (tmp_path / "peers_optim.json").write_text(json.dumps(first))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, str(SCRIPT), "--quick", "--optimizers", "SGD;Adam", "--merge"]
+    proc = subprocess.run(
+        [*argv, "--retime", "2", "--problems", "digits-mlp", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads((tmp_path / "peers_optim.json").read_text())
+    key = lambda r: (r["problem"], r["optimizer"], r["seed"], r["phase"], str(r["setting"]))  # noqa: E731
+    old, new = {key(r): r for r in first["runs"]}, {key(r): r for r in second["runs"]}
+    assert old.keys() == new.keys()
+    for k, r in new.items():
+        assert r["train_loss"] == old[k]["train_loss"], k  # the same training, merged or redone
+        if r["phase"] == "seed" and not r["error"]:
+            assert r["seconds"] == pytest.approx([s * r["step_seconds"] for s in r["steps"]])
+
+
+def _row(label: str, train: float, test: float, diverged: int = 0) -> dict:
+    return {
+        "problem": "p", "optimizer": label, "train_loss": [train], "test_loss": [test],
+        "time_to_target_ratio": [1.0], "time_to_adam_ratio": [math.inf], "errors": [],
+        "diverged": diverged,
+    }  # fmt: skip
+
+
+def test_winners_pick_the_lowest_mean_and_skip_failed_optimizers() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _peers_table import winners
+
+    rows = [_row("SGD", 0.5, 0.4), _row("Adam", 0.2, 0.3), _row("LanczosNewton()", 0.1, 0.35)]
+    rows.append(_row("SOAP", math.nan, 0.1, diverged=1))  # diverged: no final loss
+    line = winners(rows, "LanczosNewton()")[2]
+    cells = line.split(" | ")
+    assert cells[1] == "`LanczosNewton()` (0.1)"
+    assert cells[2] == "`Adam` (0.3)"  # a diverged peer does not count
+    assert cells[3] == "0.1 / 0.35"
+    assert cells[6] == "never |"
