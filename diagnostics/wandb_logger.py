@@ -7,7 +7,8 @@ What is logged:
 * every ``log_every`` steps: the batch loss and learning rate; with our optimisers, their own
   per-step record at no extra cost (``curvature/top_ritz``, ``curvature/bottom_ritz``,
   ``curvature/negative_mass``, ``curvature/krylov_fraction``, ``optim/damping``,
-  ``optim/products``, timings ...);
+  ``optim/products``, timings ...; with ``adaptive_damping``, the reduction ratio ``optim/rho``
+  and the damping of the next step ``optim/next_damping``);
 * every epoch: its metrics as ``epoch/...`` and the epoch number under the one key ``epoch``;
 * the edge-of-stability indicator :math:`\eta\,\lambda_{\max}` (``curvature/eos``), with a
   warning once it passes ``eos_threshold`` (default 1.8; gradient descent on a quadratic diverges
@@ -193,6 +194,8 @@ def step_metrics(info: Any) -> dict[str, float]:
         "optim/product_seconds": float(info.product_seconds),
         "optim/bookkeeping_seconds": float(info.bookkeeping_seconds),
         "curvature/krylov_fraction": float(info.krylov_fraction),
+        "optim/rho": float(getattr(info, "rho", math.nan)),
+        "optim/next_damping": float(getattr(info, "next_damping", math.nan)),
     }
     if theta.numel():
         out["curvature/top_ritz"] = float(theta.max())

@@ -247,8 +247,9 @@ def check_hyperparameter_types(
         prefix: Put in front of the message (e.g. ``"SGD: "`` or ``"--opt "``).
 
     Raises:
-        TypeError: Naming the argument, the value and its type; or an argument the
-            optimiser does not take, with the ones it does.
+        TypeError: Naming the argument, the value and its type (a non-number for a number, a
+            non-bool for a bool); or an argument the optimiser does not take, with the ones it
+            does.
         ValueError: A non-finite number (``inf``, ``nan``) where a number is expected.
 
     Example:
@@ -272,6 +273,10 @@ def check_hyperparameter_types(
             raise TypeError(
                 f"{prefix}{key}: expected a number, got {value!r} ({type(value).__name__})"
             )
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise TypeError(
+                f"{prefix}{key}: expected true or false, got {value!r} ({type(value).__name__})"
+            )
         if _is_number(default) and isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{prefix}{key}: expected a finite number, got {value!r}")
 
@@ -289,7 +294,9 @@ def build_optimizer(
         name: See :func:`resolve_optimizer`.
         params: Parameters (or parameter groups) to optimise.
         model: The network, passed on to an optimiser whose constructor takes ``model`` (K-FAC
-            reads its layers); ignored by the others.
+            reads its layers), and attached to a Lanczos optimiser with
+            ``adaptive_damping=True`` (its extra forward then restores the model's BatchNorm
+            statistics); ignored by the others.
         **kwargs: The optimiser's hyperparameters, e.g. ``lr=0.05, momentum=0.9``.
 
     Returns:
@@ -312,9 +319,13 @@ def build_optimizer(
             raise ValueError(f"{cls.__name__} needs the network: build_optimizer(..., model=net)")
         kwargs = {**kwargs, "model": model}
     try:
-        return cls(params, **kwargs)
+        opt = cls(params, **kwargs)
     except TypeError as err:
         raise TypeError(f"{cls.__name__}: {err}") from None
+    if model is not None and kwargs.get("adaptive_damping") is True:
+        # Its extra forward (the loss after the step) then leaves BatchNorm statistics alone.
+        opt.attach(model)  # type: ignore[attr-defined]
+    return opt
 
 
 def differentiates_itself(optimizer: torch.optim.Optimizer) -> bool:

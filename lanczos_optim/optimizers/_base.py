@@ -16,7 +16,7 @@ from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_p
 from lanczos_optim._outputs import select_outputs
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
-from lanczos_optim.optimizers import _amp, _param_groups, _protocols
+from lanczos_optim.optimizers import _amp, _damping, _param_groups, _protocols
 from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
     _mean_over_ranks,
@@ -90,6 +90,7 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
     if not _is_int(block) or block < 1:
         raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
     _check_storage(hp["basis_dtype"], hp["basis_device"])
+    _damping.check_adaptive(hp)
 
 
 def _check_storage(dtype: object, device: object) -> None:
@@ -160,6 +161,7 @@ class _LanczosNewtonBase(Optimizer):
         block_size: int = 1,
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
+        adaptive_damping: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -175,6 +177,7 @@ class _LanczosNewtonBase(Optimizer):
             "block_size": block_size,
             "basis_dtype": basis_dtype,
             "basis_device": basis_device,
+            "adaptive_damping": adaptive_damping,
         }
         _validate(type(self).__name__, defaults)
         self._recorder = _protocols.OutputRecorder()
@@ -188,6 +191,7 @@ class _LanczosNewtonBase(Optimizer):
             group.setdefault("block_size", 1)
             group.setdefault("basis_dtype", None)
             group.setdefault("basis_device", None)
+            group.setdefault("adaptive_damping", False)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -208,6 +212,7 @@ class _LanczosNewtonBase(Optimizer):
             [1.0, 0.5]
         """
         name = type(self).__name__
+        _damping.inherit_damping(self.param_groups, param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _validate(name, group)
@@ -387,7 +392,9 @@ class _LanczosNewtonBase(Optimizer):
         return None if loss is None else loss.detach()
 
     # ------------------------------------------------------------------ the step
-    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Closure | None = None, *, rho_closure: Closure | None = None
+    ) -> Tensor | None:
         """Take one step; see the class docstring for the closure and backward protocols.
 
         The step runs in four phases: the closure (forward pass and protocol checks), the
@@ -401,6 +408,10 @@ class _LanczosNewtonBase(Optimizer):
                 (attached to its graph) or ``(loss, outputs)``. Without a closure (or with one
                 that runs ``backward(create_graph=True)`` itself, as Lightning's does) the
                 gradients and their graph are read from ``p.grad``: the backward protocol.
+            rho_closure: With ``adaptive_damping=True`` only: a closure on a *second* batch
+                (same form as ``closure``), evaluated under ``torch.no_grad()`` before and after
+                the step for the actual decrease of the reduction ratio; default None: the
+                closure's own batch is re-evaluated after the step.
 
         Returns:
             The closure's loss, detached (None without a closure).
@@ -408,23 +419,27 @@ class _LanczosNewtonBase(Optimizer):
         Raises:
             RuntimeError: When neither protocol applies (no closure and no gradient graph, a
                 backward without ``create_graph``), when the closure breaks the protocol, or on
-                sparse gradients.
+                sparse gradients; ``adaptive_damping=True`` without a closure.
         """
+        rho_closure = _damping.user_autocast(self._params[0].device, rho_closure)
         with _amp.outside_autocast(self._params[0].device, closure) as run:
             try:
-                return self._step(run)
+                return self._step(run, rho_closure)
             finally:
                 self._recorder.records.clear()
                 self._recorder.frozen = False
 
-    def _step(self, closure: Closure | None) -> Tensor | None:
+    def _step(self, closure: Closure | None, rho_closure: Closure | None) -> Tensor | None:
         t_start = time.perf_counter()
         group = self.param_groups[0]
         _param_groups.check_shared(type(self).__name__, self.param_groups)
         _param_groups.warn_scheduled_momentum(self, self.param_groups)
+        adaptive = _damping.AdaptiveStep.start(self, closure, rho_closure)
         hyper = _Hyper.of(group)
         use_ggn = group["curvature"] == "ggn"
         loss, outputs, backward, t_closure = self._run_closure(closure, group["curvature"])
+        if adaptive is not None:
+            adaptive.refuse_backward(backward)
         self._recorder.frozen = True
         state = self._global_state()
         info = StepInfo(
@@ -433,6 +448,7 @@ class _LanczosNewtonBase(Optimizer):
             lr=hyper.lr,
             damping=hyper.damping,
             closure_seconds=t_closure - t_start,
+            next_damping=hyper.damping,
         )
         if loss is not None and not math.isfinite(info.loss):
             return self._skip(state, info, "non-finite loss", loss)
@@ -470,9 +486,13 @@ class _LanczosNewtonBase(Optimizer):
             with torch.no_grad():
                 solve = self._solve(group, state, product, live, flat_g, refresh, hyper, info)
                 update, direction = self._direction(solve, live, group, hyper, info)
+                if adaptive is not None:
+                    adaptive.keep(live)
                 self._commit(state, live, grads, (update, direction), solve, index, refresh, hyper)
         except _SkipStep as skip:
             return self._skip(state, info, str(skip), loss)
+        if adaptive is not None:
+            adaptive.finish(live, solve.info, hyper.weight_decay, info)
         info.step = state["step"]
         _close_timings(info, t_start)
         self.last_info = info

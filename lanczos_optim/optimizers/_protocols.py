@@ -141,6 +141,7 @@ class OutputRecorder:
         self.records: list[_Record] = []
         self.frozen = False
         self._handles: list[Any] = []
+        self.module: nn.Module | None = None  # the attached module (its buffers: _damping)
 
     def attach(self, module: nn.Module) -> None:
         """Register the forward hook on ``module`` (again: the old hook is removed).
@@ -154,6 +155,7 @@ class OutputRecorder:
         """
         self.detach()
         self._handles.append(module.register_forward_hook(self._forward_hook, with_kwargs=True))
+        self.module = module
 
     def detach(self) -> None:
         """Remove the hooks and forget the records.
@@ -170,6 +172,7 @@ class OutputRecorder:
             handle.remove()
         self._handles.clear()
         self.records.clear()
+        self.module = None
 
     @property
     def attached(self) -> bool:

@@ -66,7 +66,9 @@ class LanczosNewton(_LanczosNewtonBase):
     passes on the closure's graph and never re-run the forward, so BatchNorm running statistics
     are updated exactly once per step (by the user's forward, as with SGD) and no train/eval
     flag is touched. The curvature uses the statistics of that forward (batch statistics in
-    train mode).
+    train mode). With ``adaptive_damping=True`` one more forward runs after the step, under
+    ``torch.no_grad()``, for the reduction ratio; the buffers of a model given to
+    :meth:`attach` are restored after it (without ``attach`` it updates them a second time).
 
     **Many processes.** When ``torch.distributed`` is initialised, each rank runs the closure on
     its own shard of the batch and the optimiser averages the gradient and every curvature
@@ -152,6 +154,17 @@ class LanczosNewton(_LanczosNewtonBase):
             complement, so no Ritz vectors are formed; ``update_every > 1`` keeps this one basis.
         basis_device: Where the basis is stored, e.g. ``"cpu"`` while training on a GPU;
             default ``None``: the parameters' device.
+        adaptive_damping: Adapt :math:`\delta` after every step by the Levenberg--Marquardt
+            rule (default False: ``damping`` stays fixed): the loss is re-evaluated at the new
+            parameters (one forward under ``torch.no_grad()``, on the closure's batch or on
+            ``step(closure, rho_closure=...)``'s), the reduction ratio :math:`\rho` = actual
+            over predicted decrease of the undamped quadratic model moves ``damping`` (the
+            starting value, in :math:`[10^{-4}, 10^4]`) by :math:`\times 3/2` for
+            :math:`\rho < 1/4` and :math:`\times 2/3` for :math:`\rho > 3/4`, within
+            :math:`[10^{-4}, 10^4]`. The damping in force is ``param_groups[i]["damping"]``
+            (so ``state_dict`` carries it); :attr:`last_info` records ``rho`` and
+            ``next_damping``. Needs the closure protocol and ``momentum=0``; see
+            ``docs/guides/optimizers.md`` for the bias of the same-batch ratio and its guards.
 
     Raises:
         ValueError: On an invalid hyperparameter, a group that differs in a shared option,
@@ -196,6 +209,7 @@ class LanczosNewton(_LanczosNewtonBase):
         block_size: int = 1,
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
+        adaptive_damping: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -212,4 +226,5 @@ class LanczosNewton(_LanczosNewtonBase):
             block_size=block_size,
             basis_dtype=basis_dtype,
             basis_device=basis_device,
+            adaptive_damping=adaptive_damping,
         )

@@ -91,6 +91,9 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             complement, so no Ritz vectors are formed; ``update_every > 1`` keeps this one basis.
         basis_device: Where the basis is stored, e.g. ``"cpu"`` while training on a GPU;
             default ``None``: the parameters' device.
+        adaptive_damping: Adapt :math:`\delta` after every step by the Levenberg--Marquardt
+            rule on the reduction ratio of one extra no-grad forward (default False), as
+            :class:`~lanczos_optim.LanczosNewton`'s.
 
     Raises:
         ValueError: On an invalid hyperparameter, a group that differs in a shared option,
@@ -131,6 +134,7 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         block_size: int = 1,
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
+        adaptive_damping: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -147,4 +151,5 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             block_size=block_size,
             basis_dtype=basis_dtype,
             basis_device=basis_device,
+            adaptive_damping=adaptive_damping,
         )

@@ -48,6 +48,12 @@ class StepInfo:
         product_seconds: Time inside curvature-vector products.
         bookkeeping_seconds: The rest: Lanczos orthogonalisation, eigensolver, the update.
         total_seconds: Whole step.
+        rho: The reduction ratio of ``adaptive_damping``: the actual decrease of the loss
+            (weight decay included) over :attr:`predicted_decrease`; NaN when adaptive damping
+            is off, the step was skipped, or the model predicted no decrease.
+        next_damping: The damping of the next step: :attr:`damping` moved by the
+            Levenberg--Marquardt rule on :attr:`rho` with ``adaptive_damping``, else (and for a
+            skipped step) equal to :attr:`damping`.
 
     Example:
         >>> import torch
@@ -88,6 +94,8 @@ class StepInfo:
     product_seconds: float = 0.0
     bookkeeping_seconds: float = 0.0
     total_seconds: float = 0.0
+    rho: float = math.nan
+    next_damping: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record with tensors as lists of floats (for loggers)."""

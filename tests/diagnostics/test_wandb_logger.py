@@ -19,6 +19,7 @@ from diagnostics.wandb_logger import (
     step_metrics,
 )
 from lanczos_optim import LanczosNewton
+from lanczos_optim.optimizers import StepInfo
 
 _spec = importlib.util.spec_from_file_location(
     "_wandb_records", Path(__file__).with_name("_wandb_records.py")
@@ -334,3 +335,38 @@ def test_bad_settings_raise_in_the_constructor_before_wandb_starts(wandb_dir, kw
     with pytest.raises(ValueError, match=match):
         WandbLogger(mode="offline", **{**settings, **kwargs})
     assert not (wandb_dir / "wandb").exists()
+
+
+def test_adaptive_damping_logs_rho_and_the_next_damping(wandb_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    torch.manual_seed(0)
+    from diagnostics.training.datasets import load_dataset
+
+    seen: list[dict] = []
+
+    class Spy:
+        def on_step(self, step: TrainingStep) -> None:
+            seen.append(step.optimizer_info.to_dict() | {"step": step.step})
+
+    logger = WandbLogger(name="test", mode="offline")
+    train_network(
+        model="mlp",
+        dataset=load_dataset("digits", subset=96),
+        epochs=1,
+        optimizer="lanczos_newton",
+        optimizer_kwargs={"lanczos_steps": 5, "adaptive_damping": True},
+        batch_size=32,
+        schedule="constant",
+        callbacks=[Spy(), logger],
+        progress=False,
+    )
+    steps = {r["_step"]: r for r in _rows(wandb_dir) if "train/batch_loss" in r}
+    assert sorted(steps) == [s["step"] for s in seen] == [1, 2, 3]
+    for spy in seen:
+        row = steps[spy["step"]]
+        assert math.isfinite(spy["rho"])
+        assert row["optim/rho"] == spy["rho"]
+        assert row["optim/damping"] == spy["damping"]
+        assert row["optim/next_damping"] == spy["next_damping"]
+    assert [s["next_damping"] for s in seen[:-1]] == [s["damping"] for s in seen[1:]]
+    assert "optim/rho" not in step_metrics(StepInfo())  # NaN (adaptive off) is left out

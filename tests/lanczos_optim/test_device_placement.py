@@ -155,6 +155,9 @@ CASES: dict[str, Case] = {
         LanczosNewton, krylov_start="random", momentum=0.9, weight_decay=1e-3
     ),
     "LanczosNewton-reuse-basis": _run_optimizer(LanczosNewton, update_every=2),
+    "LanczosNewton-adaptive-damping-wd": _run_optimizer(
+        LanczosNewton, adaptive_damping=True, weight_decay=1e-3
+    ),
     "LanczosNewton-blocks": _run_optimizer(LanczosNewton, block_size=3),
     "LanczosNewton-bf16-cpu-basis-reused": _run_optimizer(
         LanczosNewton, update_every=2, basis_dtype=torch.bfloat16, basis_device="cpu"

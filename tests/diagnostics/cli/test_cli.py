@@ -366,6 +366,10 @@ def test_resume_with_other_data_is_refused_before_anything_is_written(tmp_path, 
         ),
         (["--opt", "momentum=abc"], ["--opt momentum: expected a number, got 'abc' (str)"]),
         (["--opt", "lr='1'"], ["--opt lr: expected a number, got \"'1'\" (str)"]),
+        (
+            ["--optimizer", "lanczos_newton", "--opt", "adaptive_damping=yes"],
+            ["--opt adaptive_damping: expected true or false, got 'yes' (str)"],
+        ),
         (["--batch-size", "0"], ["batch_size must be an int >= 1; got 0"]),
         (["--model", "resnet9000"], ["resnet9000", "mlp"]),
         (["--swa", "--swa-start", "5", "--epochs", "2"], ["swa_start", "5"]),
@@ -579,3 +583,17 @@ def test_missing_data_files_are_reported_before_wandb_or_any_file(tmp_path, monk
     _one_line_error(capsys, "mnist is not available under", "--download")
     assert not out.exists()
     assert not (tmp_path / "wb").exists()
+
+
+def test_train_with_adaptive_damping_from_the_command_line(tmp_path, monkeypatch):
+    from diagnostics.training.checkpoint import latest_checkpoint, read_checkpoint
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    out = tmp_path / "run"
+    argv = ["train", "--optimizer", "lanczos_newton", "--opt", "adaptive_damping=true", "--opt",
+            "lanczos_steps=3", "--subset", "64", "--batch-size", "32", "--epochs", "1",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    groups = read_checkpoint(latest_checkpoint(out))["optimizer"]["param_groups"]
+    assert groups[0]["adaptive_damping"] is True
+    assert groups[0]["damping"] != 1.0  # it adapted from the default start

@@ -31,3 +31,24 @@ def test_open_ended_optimisers_take_any_keyword():
             super().__init__(params, lr=lr)
 
     check_hyperparameter_types(Loose, {"anything": 1})  # no error: **extra takes it
+
+
+def test_a_bool_option_refuses_a_non_bool():
+    params = torch.nn.Linear(2, 2).parameters()
+    with pytest.raises(TypeError, match=r"^LanczosNewton: adaptive_damping: expected true or "):
+        build_optimizer("lanczos_newton", params, adaptive_damping="True")
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_adaptive_damping_attaches_the_model_so_batchnorm_updates_once(adaptive):
+    from diagnostics.training.optimizers import train_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).double()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 4, (8,))
+    opt = build_optimizer(
+        "lanczos_newton", model.parameters(), model=model, adaptive_damping=adaptive
+    )
+    train_step(model, opt, torch.nn.functional.cross_entropy, x, y)
+    assert int(model[1].num_batches_tracked) == 1  # one forward's update, extra forward or not
+    assert opt.param_groups[0]["damping"] == (2 / 3 if adaptive else 1.0)
