@@ -32,6 +32,8 @@ SHARED_OPTIONS = (
     "block_size",
     "basis_dtype",
     "basis_device",
+    "reuse_complement",
+    "warm_start",
 )
 #: Options a parameter group may set for itself.
 PER_GROUP_OPTIONS = ("lr", "weight_decay")
