@@ -175,7 +175,7 @@ class _LanczosNewtonBase(Optimizer):
         block_size: int = 1,
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
-        reuse_complement: str = "damped",
+        reuse_complement: str = "augment",
         warm_start: bool = False,
     ) -> None:
         defaults = {

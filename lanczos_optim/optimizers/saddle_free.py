@@ -92,12 +92,14 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         basis_device: Where the basis is stored, e.g. ``"cpu"`` while training on a GPU;
             default ``None``: the parameters' device.
         reuse_complement: What a reused basis (``update_every > 1``) does with the part
-            :math:`r` of the new gradient outside it: ``"damped"`` (default) the plain step
-            :math:`r/\delta`; ``"augment"``: :math:`r` joins the basis, one curvature product
-            on the current batch gives its coupling to the basis and the step is solved in the
-            :math:`m+1` dimensional space; ``"rayleigh"``: the same product gives :math:`r` its
-            own scale :math:`f(r^\top C r / r^\top r)`. Both need the gradient's graph on
-            reuse steps (``create_graph``), as a fresh basis does.
+            :math:`r` of the new gradient outside it: ``"augment"`` (default): :math:`r`
+            joins the basis, one curvature product on the current batch gives its coupling to
+            the basis and the step is solved in the :math:`m+1` dimensional space;
+            ``"rayleigh"``: the same product gives :math:`r` its own scale
+            :math:`f(r^\top C r / r^\top r)`; ``"damped"``: the plain step :math:`r/\delta`
+            with no product (the only behaviour before; on a Fashion-MNIST MLP it hit
+            ``max_step_norm`` on 40 % of the steps). ``"augment"`` and ``"rayleigh"`` need the
+            gradient's graph on reuse steps (``create_graph``), as a fresh basis does.
         warm_start: Start a fresh basis (``update_every > 1``) from the gradient and the
             previous basis's top Ritz vector(s), a block of width ``max(block_size, 2)``
             (block Lanczos; same number of products), instead of the gradient alone
@@ -142,7 +144,7 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         block_size: int = 1,
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
-        reuse_complement: str = "damped",
+        reuse_complement: str = "augment",
         warm_start: bool = False,
     ) -> None:
         super().__init__(
