@@ -27,7 +27,7 @@ from lanczos_optim.optimizers._closure_curvature import (
 from lanczos_optim.optimizers.step_info import StepInfo
 from lanczos_optim.validation import CURVATURES, check_curvature, check_lanczos_steps
 
-__all__ = ["CURVATURES", "KRYLOV_STARTS", "REUSE_COMPLEMENTS", "StepInfo"]
+__all__ = ["CURVATURES", "KRYLOV_STARTS", "StepInfo"]
 
 #: Start vectors of the per-step Lanczos run.
 KRYLOV_STARTS = ("gradient", "random")
@@ -207,7 +207,7 @@ class _LanczosNewtonBase(Optimizer):
             group.setdefault("block_size", 1)
             group.setdefault("basis_dtype", None)
             group.setdefault("basis_device", None)
-            group.setdefault("reuse_complement", "damped")
+            group.setdefault("reuse_complement", "damped")  # what older runs did, exactly
             group.setdefault("warm_start", False)
 
     # ------------------------------------------------------------------ parameter groups

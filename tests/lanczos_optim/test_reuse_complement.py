@@ -271,3 +271,14 @@ def test_invalid_options_raise_a_one_line_error(option: str, value: Any, message
     for cls in (LanczosNewton, LanczosSaddleFreeNewton):
         with pytest.raises(ValueError, match=message):
             cls([w], **{option: value})
+
+
+def test_a_state_dict_from_before_the_options_continues_with_the_damped_step() -> None:
+    w = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    saved = LanczosNewton([w], update_every=2).state_dict()
+    for group in saved["param_groups"]:
+        del group["reuse_complement"], group["warm_start"]
+    opt = LanczosNewton([w], update_every=2)
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["reuse_complement"] == "damped"
+    assert opt.param_groups[0]["warm_start"] is False
