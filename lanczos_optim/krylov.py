@@ -91,6 +91,9 @@ class KrylovSolveInfo:
     _in_span: bool = field(default=False, repr=False)
     _dtype: torch.dtype = field(default=torch.float64, repr=False)
     _device: torch.device = field(default=torch.device("cpu"), repr=False)
+    #: A unit vector appended to ``basis`` (the augmented reuse step of the optimisers):
+    #: ``coordinates`` then has one row more than ``basis``.
+    _extra: Tensor | None = field(default=None, repr=False)
 
     def predicted_decrease(self, lr: float = 1.0) -> float:
         r"""Decrease of the quadratic model for the step :math:`-\mathrm{lr}\, d`.
@@ -109,7 +112,11 @@ class KrylovSolveInfo:
         Formed on each access (an ``m x P`` matrix, as large as the basis); the solve itself
         never forms them.
         """
-        u = self._view().combine(self.coordinates)
+        m = self.basis.shape[0]
+        u = self._view().combine(self.coordinates[:m])
+        if self._extra is not None:
+            extra = self._extra.to(device=u.device, dtype=u.dtype)
+            u = u + extra[:, None] * self.coordinates[m:].to(device=u.device, dtype=u.dtype)
         return u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
 
     def _view(self) -> LanczosBasis:
@@ -121,7 +128,10 @@ class KrylovSolveInfo:
         .. math::
             d = Q^\top S\, f(\Theta)\, S^\top Q v + \frac{1}{\delta}\,(v - Q^\top S S^\top Q v)
         """
-        basis = LanczosBasis.of(self.basis, dtype=v.dtype, device=v.device)
+        data = self.basis
+        if self._extra is not None:  # the augmented basis, formed for this one product
+            data = torch.cat([data.to(v.device, v.dtype), self._extra.to(v.device, v.dtype)[None]])
+        basis = LanczosBasis.of(data, dtype=v.dtype, device=v.device)
         return _apply(basis, self.coordinates, self.factors, self.damping, v, in_span=False)[0]
 
 

@@ -12,8 +12,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lanczos_optim._augmented import _augmented_solve
 from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_product
 from lanczos_optim._outputs import select_outputs
+from lanczos_optim._warm_start import _warm_solver
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
 from lanczos_optim.optimizers import _amp, _damping, _param_groups, _protocols
@@ -29,6 +31,8 @@ __all__ = ["CURVATURES", "KRYLOV_STARTS", "StepInfo"]
 
 #: Start vectors of the per-step Lanczos run.
 KRYLOV_STARTS = ("gradient", "random")
+#: Treatments of the new gradient's component outside a reused basis (``update_every > 1``).
+REUSE_COMPLEMENTS = ("damped", "augment", "rayleigh")
 
 Closure = Callable[[], Any]
 
@@ -91,6 +95,17 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
         raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
     _check_storage(hp["basis_dtype"], hp["basis_device"])
     _damping.check_adaptive(hp)
+    _check_reuse(hp["reuse_complement"], hp["warm_start"])
+
+
+def _check_reuse(complement: object, warm_start: object) -> None:
+    """Raise torch-style errors on an invalid ``reuse_complement`` or ``warm_start``."""
+    if complement not in REUSE_COMPLEMENTS:
+        raise ValueError(
+            f"Invalid reuse_complement: {complement!r}; expected one of {REUSE_COMPLEMENTS}"
+        )
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"Invalid warm_start value: {warm_start!r} (must be a bool)")
 
 
 def _check_storage(dtype: object, device: object) -> None:
@@ -162,6 +177,8 @@ class _LanczosNewtonBase(Optimizer):
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
         adaptive_damping: bool = False,
+        reuse_complement: str = "augment",
+        warm_start: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -178,6 +195,8 @@ class _LanczosNewtonBase(Optimizer):
             "basis_dtype": basis_dtype,
             "basis_device": basis_device,
             "adaptive_damping": adaptive_damping,
+            "reuse_complement": reuse_complement,
+            "warm_start": warm_start,
         }
         _validate(type(self).__name__, defaults)
         self._recorder = _protocols.OutputRecorder()
@@ -192,6 +211,8 @@ class _LanczosNewtonBase(Optimizer):
             group.setdefault("basis_dtype", None)
             group.setdefault("basis_device", None)
             group.setdefault("adaptive_damping", False)
+            group.setdefault("reuse_complement", "damped")  # what older runs did, exactly
+            group.setdefault("warm_start", False)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -468,16 +489,17 @@ class _LanczosNewtonBase(Optimizer):
         live = [self._params[i] for i in index]
         hyper = hyper.per_parameter(self.param_groups, index, live)
         refresh = _basis_due(state, index, int(group["update_every"]))
+        graph = refresh or group["reuse_complement"] != "damped"  # products on reuse steps too
         try:
             if backward is not None:
-                grads, product = self._from_backward(backward, live, refresh, use_ggn, scale)
+                grads, product = self._from_backward(backward, live, graph, use_ggn, scale)
             else:
                 grads, product = self._differentiate(
                     loss,  # type: ignore[arg-type]
                     outputs,
                     live,
                     direct,
-                    refresh,
+                    graph,
                     use_ggn,
                     source,
                 )
@@ -711,8 +733,10 @@ class _LanczosNewtonBase(Optimizer):
             gen = self._generator(state, group["seed"]) if random or block > 1 else None
             # Under torch.distributed the operator's sync_vector gives every rank rank 0's
             # start (vector or block), so all ranks run the same recurrence.
+            previous = self._previous_basis(state, group, live, flat_g)
+            solver = krylov_solve if previous is None else _warm_solver(previous)
             try:
-                d, kinfo = krylov_solve(
+                d, kinfo = solver(
                     curvature,
                     flat_g,
                     int(group["lanczos_steps"]),
@@ -741,31 +765,59 @@ class _LanczosNewtonBase(Optimizer):
             info.product_seconds = kinfo.product_seconds
             solve = _Solve(d, kinfo, gen, 0)
         else:
-            solve = self._cached_solve(state, group, damping, flat_g)
+            op = None if product is None else _ClosureCurvature(product, live, wd, flat_g)
+            solve = self._cached_solve(state, group, damping, flat_g, op)
+            info.num_products = solve.info.num_products
+            info.product_seconds = solve.info.product_seconds
         kinfo = solve.info
         info.ritz_values, info.weights = kinfo.ritz_values, kinfo.weights
         info.residuals, info.krylov_fraction = kinfo.residuals, kinfo.krylov_fraction
         info.num_clipped, info.basis_age = kinfo.num_clipped, solve.basis_age
         return solve
 
+    def _previous_basis(
+        self, state: dict[str, Any], group: dict[str, Any], live: list[Tensor], flat_g: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The cached ``(theta, Q, S)`` a ``warm_start`` refresh starts from, if it has one."""
+        if not group["warm_start"] or state.get("krylov_basis") is None:
+            return None
+        if float(torch.linalg.vector_norm(flat_g)) == 0.0:
+            return None
+        index = [i for i, p in enumerate(self._params) if any(p is x for x in live)]
+        if state.get("basis_params") != index:
+            return None
+        return _cached_basis(state, group, flat_g)
+
     def _cached_solve(
-        self, state: dict[str, Any], group: dict[str, Any], damping: float, flat_g: Tensor
+        self,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        damping: float,
+        flat_g: Tensor,
+        op: _ClosureCurvature | None = None,
     ) -> _Solve:
         """The direction in the Krylov basis cached by an earlier step (``update_every > 1``).
 
         The basis goes back to its storage dtype and device first: ``load_state_dict`` casts
         state tensors to the parameters' (exactly, so the stored values come back bit for bit).
+        With ``reuse_complement`` other than ``"damped"``, the gradient's complement joins the
+        basis with one product of ``op`` (see :mod:`lanczos_optim._augmented`).
         """
-        theta = _cpu64(state["ritz_values"])
-        q = state["krylov_basis"]
-        q = q.to(
-            device=group["basis_device"] or flat_g.device, dtype=group["basis_dtype"] or q.dtype
-        )
-        s = torch.tensor(state["ritz_coordinates"], dtype=torch.float64, device="cpu")
-        s = s.reshape(theta.numel(), theta.numel())
-        d, kinfo = _solve_in_basis(theta, q, s, damping, self._transform, flat_g)
-        kinfo.weights = _cpu64(state["ritz_weights"])
-        kinfo.residuals = _cpu64(state["ritz_residuals"])
+        theta, q, s = _cached_basis(state, group, flat_g)
+        mode = group["reuse_complement"]
+        if mode == "damped" or op is None:
+            d, kinfo = _solve_in_basis(theta, q, s, damping, self._transform, flat_g)
+        else:
+            try:
+                couple = mode == "augment"
+                d, kinfo = _augmented_solve(
+                    theta, q, s, damping, self._transform, flat_g, op.matvec, couple=couple
+                )
+            except FloatingPointError:
+                raise _SkipStep("non-finite curvature") from None
+        if kinfo.num_products == 0:  # the cached solve: the cached run's weights and residuals
+            kinfo.weights = _cpu64(state["ritz_weights"])
+            kinfo.residuals = _cpu64(state["ritz_residuals"])
         if not bool(torch.isfinite(d).all()):
             raise _SkipStep("non-finite curvature")
         return _Solve(d, kinfo, None, state["basis_age"] + 1)
@@ -922,6 +974,21 @@ def _mean_gradient(
     if not math.isfinite(info.grad_norm):
         raise _SkipStep("non-finite gradient")
     return grads, flat_g
+
+
+def _cached_basis(
+    state: dict[str, Any], group: dict[str, Any], like: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The cached Ritz values, basis ``Q`` (back in its storage dtype and device) and ``S``.
+
+    ``load_state_dict`` casts state tensors to the parameters' dtype (exactly, so the stored
+    values come back bit for bit); the basis goes back to its storage dtype here.
+    """
+    theta = _cpu64(state["ritz_values"])
+    q = state["krylov_basis"]
+    q = q.to(device=group["basis_device"] or like.device, dtype=group["basis_dtype"] or q.dtype)
+    s = torch.tensor(state["ritz_coordinates"], dtype=torch.float64, device="cpu")
+    return theta, q, s.reshape(theta.numel(), theta.numel())
 
 
 def _cache_basis(

@@ -33,6 +33,8 @@ SHARED_OPTIONS = (
     "basis_dtype",
     "basis_device",
     "adaptive_damping",
+    "reuse_complement",
+    "warm_start",
 )
 #: Options a parameter group may set for itself.
 PER_GROUP_OPTIONS = ("lr", "weight_decay")

@@ -94,6 +94,19 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         adaptive_damping: Adapt :math:`\delta` after every step by the Levenberg--Marquardt
             rule on the reduction ratio of one extra no-grad forward (default False), as
             :class:`~lanczos_optim.LanczosNewton`'s.
+        reuse_complement: What a reused basis (``update_every > 1``) does with the part
+            :math:`r` of the new gradient outside it: ``"augment"`` (default): :math:`r`
+            joins the basis, one curvature product on the current batch gives its coupling to
+            the basis and the step is solved in the :math:`m+1` dimensional space;
+            ``"rayleigh"``: the same product gives :math:`r` its own scale
+            :math:`f(r^\top C r / r^\top r)`; ``"damped"``: the plain step :math:`r/\delta`
+            with no product (the only behaviour before; on a Fashion-MNIST MLP it hit
+            ``max_step_norm`` on 40 % of the steps). ``"augment"`` and ``"rayleigh"`` need the
+            gradient's graph on reuse steps (``create_graph``), as a fresh basis does.
+        warm_start: Start a fresh basis (``update_every > 1``) from the gradient and the
+            previous basis's top Ritz vector(s), a block of width ``max(block_size, 2)``
+            (block Lanczos; same number of products), instead of the gradient alone
+            (default ``False``).
 
     Raises:
         ValueError: On an invalid hyperparameter, a group that differs in a shared option,
@@ -135,6 +148,8 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
         adaptive_damping: bool = False,
+        reuse_complement: str = "augment",
+        warm_start: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -152,4 +167,6 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             basis_dtype=basis_dtype,
             basis_device=basis_device,
             adaptive_damping=adaptive_damping,
+            reuse_complement=reuse_complement,
+            warm_start=warm_start,
         )

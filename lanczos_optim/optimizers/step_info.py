@@ -26,15 +26,20 @@ class StepInfo:
         reason: Why it was skipped, or ``None``.
         loss: The closure's loss before the step.
         grad_norm: Norm of the gradient used (weight decay included).
-        ritz_values: Ritz values of the curvature (weight decay included), float64 ascending.
+        ritz_values: Ritz values of the curvature (weight decay included), float64 ascending
+            (``m + 1`` of them on an augmented reuse step: those of the augmented space).
         weights: Gauss quadrature weights of the Lanczos start vector, float64.
         residuals: Residual bounds of the Ritz pairs, float64.
-        krylov_fraction: Share of :math:`\|g\|^2` inside the Krylov space.
+        krylov_fraction: Share of :math:`\|g\|^2` inside the Krylov space; on a reuse step
+            (``basis_age > 0``) the share inside the reused basis, before an augmented step
+            (``reuse_complement="augment"``/``"rayleigh"``) adds the rest to it.
         predicted_decrease: Decrease of the quadratic model for the Newton step
             :math:`-\mathrm{lr}\,d` (shortened by ``max_step_norm`` if active, momentum not
             included), with the curvature measured inside the Krylov space.
         num_clipped: Ritz values :math:`\le -\delta` treated as zero curvature (LanczosNewton).
-        num_products: Curvature-vector products this step (0 when the basis was reused).
+        num_products: Curvature-vector products this step (on a reuse step: 1 for the
+            complement's product of ``reuse_complement="augment"``/``"rayleigh"``, 0 with
+            ``"damped"`` or a gradient already inside the basis).
         basis_age: Steps since the eigenbasis was computed (0: computed this step).
         step_norm: Norm of the parameter update.
         step_scale: Factor applied by ``max_step_norm`` (1.0 when the bound was inactive).

@@ -165,9 +165,23 @@ CASES: dict[str, Case] = {
     "LanczosNewton-bf16-basis-blocks": _run_optimizer(
         LanczosNewton, block_size=3, basis_dtype=torch.bfloat16
     ),
+    "LanczosNewton-reuse-augment-warm": _run_optimizer(
+        LanczosNewton, update_every=2, reuse_complement="augment", warm_start=True
+    ),
+    "LanczosNewton-bf16-cpu-basis-augment-warm": _run_optimizer(
+        LanczosNewton,
+        update_every=2,
+        basis_dtype=torch.bfloat16,
+        basis_device="cpu",
+        reuse_complement="augment",
+        warm_start=True,
+    ),
     "LanczosSaddleFreeNewton": _run_optimizer(LanczosSaddleFreeNewton),
     "LanczosSaddleFreeNewton-random-reuse": _run_optimizer(
         LanczosSaddleFreeNewton, krylov_start="random", update_every=3
+    ),
+    "LanczosSaddleFreeNewton-reuse-rayleigh": _run_optimizer(
+        LanczosSaddleFreeNewton, update_every=2, reuse_complement="rayleigh"
     ),
 }
 

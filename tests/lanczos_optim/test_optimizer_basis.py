@@ -41,7 +41,7 @@ def test_reused_basis_is_stored_once_and_steps_as_the_ritz_formula() -> None:
     damping = 0.5
     opt = LanczosNewton(
         model.parameters(), lr=1.0, damping=damping, lanczos_steps=5, update_every=3,
-        max_step_norm=None,
+        max_step_norm=None, reuse_complement="damped",
     )  # fmt: skip
     opt.step(_closure(model, _batch(seed=1)))
     state = opt.state[next(iter(model.parameters()))]
@@ -134,6 +134,7 @@ def test_krylov_solve_with_a_bfloat16_basis(block_size: int) -> None:
 def test_a_loaded_bfloat16_basis_goes_back_to_its_storage_dtype() -> None:
     model = _model()
     kw = dict(lanczos_steps=4, update_every=3, basis_dtype=torch.bfloat16)
+    kw["reuse_complement"] = "damped"  # the old reuse step: no product
     opt = LanczosNewton(model.parameters(), **kw)
     opt.step(_closure(model, _batch(seed=1)))
     opt2 = LanczosNewton(model.parameters(), **kw)

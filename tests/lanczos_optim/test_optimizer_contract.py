@@ -328,7 +328,9 @@ def opt_state_has_generator() -> bool:
 
 def test_update_every_reuses_the_basis() -> None:
     model = _model()
-    opt = LanczosNewton(model.parameters(), update_every=3, lanczos_steps=5)
+    opt = LanczosNewton(
+        model.parameters(), update_every=3, lanczos_steps=5, reuse_complement="damped"
+    )
     products, ages = [], []
     for b in _batches(n=6):
         opt.step(_closure(model, b))

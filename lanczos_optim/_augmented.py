@@ -1,0 +1,114 @@
+r"""A reused Krylov basis with the new gradient's complement: the augmented reuse step.
+
+An optimiser that reuses a Krylov basis :math:`Q` (rows, ``[m, P]``) for several steps meets
+gradients :math:`g` that only partly lie in it. Instead of the blind step :math:`r/\delta` on the
+complement :math:`r = g - Q^\top Q g`, the complement joins the basis: with
+:math:`\hat r = r / \|r\|` and one curvature product :math:`C \hat r` on the current batch,
+
+.. math::
+    A = \begin{pmatrix} T & Q C \hat r \\ \hat r^\top C Q^\top & \hat r^\top C \hat r
+    \end{pmatrix}, \qquad T = S \Theta S^\top ,
+
+is the curvature projected on :math:`\mathrm{span}(Q, \hat r)` (its :math:`T` block taken from
+the basis's own run), :math:`A = W \Phi W^\top`, and the step is
+
+.. math::
+    d = [Q^\top, \hat r]\; W f(\Phi) W^\top \begin{pmatrix} Q g \\ \|r\| \end{pmatrix} ,
+
+with :math:`f` the transform of :func:`~lanczos_optim.krylov_solve`. For a fixed curvature this
+is the exact Galerkin solve of :math:`(C + \delta I) d = g` on :math:`\mathrm{span}(Q, \hat r)`.
+``couple=False`` drops the coupling :math:`Q C \hat r`: the complement then gets its own
+Rayleigh-quotient scale :math:`f(\hat r^\top C \hat r)` and the rest the cached solve.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from lanczos_optim._basis import LanczosBasis
+from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, _spectral_factors
+
+
+def _complement_floor(v: Tensor, basis: Tensor) -> float:
+    """Relative norm below which a complement is rounding noise: sqrt(eps) of the coarser dtype."""
+    eps = max(torch.finfo(v.dtype).eps, torch.finfo(basis.dtype).eps)
+    return eps**0.5
+
+
+def _augmented_solve(
+    ritz_values: Tensor,
+    basis: Tensor,
+    coordinates: Tensor,
+    damping: float,
+    transform: str,
+    v: Tensor,
+    matvec: Callable[[Tensor], Tensor],
+    *,
+    couple: bool = True,
+) -> tuple[Tensor, KrylovSolveInfo]:
+    """The step in ``span(Q, r)`` for a reused basis ``(Q, S, theta)``; see the module docstring.
+
+    A complement below :func:`_complement_floor` (``v`` already in the basis) gets the cached
+    solve of :func:`~lanczos_optim.krylov._solve_in_basis` and no product. The info's
+    ``krylov_fraction`` is the share of ``v`` inside the reused basis (before the complement
+    joined it), ``num_products`` the products taken (1 or 0), ``weights`` the squared Ritz
+    coordinates of ``v`` over its squared norm, ``residuals`` empty.
+
+    Raises:
+        FloatingPointError: If the product is not finite.
+    """
+    view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
+    qv = view.coordinates(v)
+    r = v - view.combine(qv[:, None])[:, 0]
+    vnorm2 = float(torch.dot(v.double(), v.double()))
+    qv64 = qv.to(device="cpu", dtype=torch.float64)
+    share = min(1.0, float(qv64 @ qv64) / vnorm2) if vnorm2 > 0 else 1.0
+    rnorm = float(torch.linalg.vector_norm(r.double()))
+    if vnorm2 == 0.0 or rnorm <= _complement_floor(v, basis) * vnorm2**0.5:
+        return _solve_in_basis(ritz_values, basis, coordinates, damping, transform, v)
+    rhat = r / rnorm
+    t0 = time.perf_counter()
+    cr = matvec(rhat)
+    seconds = time.perf_counter() - t0
+    if not bool(torch.isfinite(cr).all()):
+        raise FloatingPointError("the curvature product of the complement is not finite.")
+    s = coordinates.to(device="cpu", dtype=torch.float64)
+    theta = ritz_values.to(device="cpu", dtype=torch.float64)
+    m = theta.numel()
+    a = torch.zeros(m + 1, m + 1, dtype=torch.float64, device="cpu")
+    a[:m, :m] = (s * theta) @ s.T
+    if couple:
+        a[:m, m] = a[m, :m] = view.coordinates(cr).to(device="cpu", dtype=torch.float64)
+    a[m, m] = float(torch.dot(rhat.double(), cr.double()))
+    phi, w = torch.linalg.eigh((a + a.T) / 2)
+    c = w.T @ torch.cat([qv64, qv64.new_tensor([rnorm])])
+    factors, clipped = _spectral_factors(phi, damping, transform)
+    fc = factors * c
+    y = (w @ fc).to(device=v.device, dtype=v.dtype)
+    d = view.combine(y[:m, None])[:, 0] + y[m] * rhat
+    info = KrylovSolveInfo(
+        ritz_values=phi,
+        weights=c * c / vnorm2,
+        residuals=torch.zeros(0, dtype=torch.float64, device="cpu"),
+        basis=basis,
+        coordinates=w,
+        damping=damping,
+        transform=transform,
+        factors=factors,
+        num_clipped=clipped,
+        num_products=1,
+        krylov_fraction=share,
+        v_dot_d=float(fc @ c),
+        d_curvature_d=float(phi @ (fc * fc)),
+        d_abs_curvature_d=float(phi.abs() @ (fc * fc)),
+        product_seconds=seconds,
+        _in_span=True,
+        _dtype=v.dtype,
+        _device=v.device,
+        _extra=rhat,
+    )
+    return d, info
