@@ -16,7 +16,7 @@ from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_p
 from lanczos_optim._outputs import select_outputs
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
-from lanczos_optim.optimizers import _amp, _param_groups, _protocols
+from lanczos_optim.optimizers import _amp, _krylov_size, _param_groups, _protocols
 from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
     _mean_over_ranks,
@@ -90,6 +90,7 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
     if not _is_int(block) or block < 1:
         raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
     _check_storage(hp["basis_dtype"], hp["basis_device"])
+    _krylov_size.check_tol(hp)
 
 
 def _check_storage(dtype: object, device: object) -> None:
@@ -160,6 +161,7 @@ class _LanczosNewtonBase(Optimizer):
         block_size: int = 1,
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
+        krylov_tol: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -175,6 +177,7 @@ class _LanczosNewtonBase(Optimizer):
             "block_size": block_size,
             "basis_dtype": basis_dtype,
             "basis_device": basis_device,
+            "krylov_tol": krylov_tol,
         }
         _validate(type(self).__name__, defaults)
         self._recorder = _protocols.OutputRecorder()
@@ -188,6 +191,7 @@ class _LanczosNewtonBase(Optimizer):
             group.setdefault("block_size", 1)
             group.setdefault("basis_dtype", None)
             group.setdefault("basis_device", None)
+            group.setdefault("krylov_tol", None)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -704,6 +708,7 @@ class _LanczosNewtonBase(Optimizer):
                     block_size=block,
                     basis_dtype=group["basis_dtype"],
                     basis_device=group["basis_device"],
+                    tol=group["krylov_tol"],
                 )
             except FloatingPointError:
                 raise _SkipStep("non-finite curvature") from None
@@ -719,6 +724,7 @@ class _LanczosNewtonBase(Optimizer):
                 raise RuntimeError("internal error: krylov_solve returned no info.")
             info.num_products = kinfo.num_products
             info.product_seconds = kinfo.product_seconds
+            info.krylov_residual = kinfo.relative_residual
             solve = _Solve(d, kinfo, gen, 0)
         else:
             solve = self._cached_solve(state, group, damping, flat_g)

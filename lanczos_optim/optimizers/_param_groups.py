@@ -32,6 +32,7 @@ SHARED_OPTIONS = (
     "block_size",
     "basis_dtype",
     "basis_device",
+    "krylov_tol",
 )
 #: Options a parameter group may set for itself.
 PER_GROUP_OPTIONS = ("lr", "weight_decay")

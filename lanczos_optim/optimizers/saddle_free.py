@@ -91,6 +91,12 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             complement, so no Ritz vectors are formed; ``update_every > 1`` keeps this one basis.
         basis_device: Where the basis is stored, e.g. ``"cpu"`` while training on a GPU;
             default ``None``: the parameters' device.
+        krylov_tol: Stop the Lanczos run early, after at most ``lanczos_steps`` steps, once
+            the damped system is solved to this relative residual in the Krylov space,
+            :math:`\|(C + \delta I) d - g\| \le \mathrm{tol}\, \|g\|`, read off the tridiagonal
+            for free (``tol`` of :func:`~lanczos_optim.krylov_solve`); default ``None``: always
+            ``lanczos_steps`` steps. The residual reached is ``last_info.krylov_residual``. Needs
+            ``krylov_start="gradient"`` (this optimiser's default is ``"random"``).
 
     Raises:
         ValueError: On an invalid hyperparameter, a group that differs in a shared option,
@@ -131,6 +137,7 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         block_size: int = 1,
         basis_dtype: torch.dtype | None = None,
         basis_device: torch.device | str | None = None,
+        krylov_tol: float | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -147,4 +154,5 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             block_size=block_size,
             basis_dtype=basis_dtype,
             basis_device=basis_device,
+            krylov_tol=krylov_tol,
         )

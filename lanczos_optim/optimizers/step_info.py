@@ -48,6 +48,10 @@ class StepInfo:
         product_seconds: Time inside curvature-vector products.
         bookkeeping_seconds: The rest: Lanczos orthogonalisation, eigensolver, the update.
         total_seconds: Whole step.
+        krylov_residual: Relative residual :math:`\|(C + \delta I) d - g\| / \|g\|` of the damped
+            system in the fresh Krylov space (``krylov_tol``; the Ritz pairs' weighted residual
+            bounds for the saddle-free transform); ``nan`` when the basis was reused, the
+            Krylov start was random or the step was skipped.
 
     Example:
         >>> import torch
@@ -88,6 +92,7 @@ class StepInfo:
     product_seconds: float = 0.0
     bookkeeping_seconds: float = 0.0
     total_seconds: float = 0.0
+    krylov_residual: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record with tensors as lists of floats (for loggers)."""

@@ -162,6 +162,7 @@ CASES: dict[str, Case] = {
     "LanczosNewton-bf16-basis-blocks": _run_optimizer(
         LanczosNewton, block_size=3, basis_dtype=torch.bfloat16
     ),
+    "LanczosNewton-krylov-tol": _run_optimizer(LanczosNewton, krylov_tol=0.3),
     "LanczosSaddleFreeNewton": _run_optimizer(LanczosSaddleFreeNewton),
     "LanczosSaddleFreeNewton-random-reuse": _run_optimizer(
         LanczosSaddleFreeNewton, krylov_start="random", update_every=3
