@@ -7,7 +7,8 @@ the time ratio, on the digits MLP (64-64-10 tanh, batch 64) and the Fashion-MNIS
 ``benchmarks/peers_optim.py``. One CPU thread; each setting starts from the seed's weights and
 sees the seed's batches. Reported per setting (mean over seeds): the training loss (the whole
 training split) and the validation loss after the step budget, the mean number of curvature
-products per step and the step time as a ratio to SGD's and to ``lanczos_steps=20``.
+products per step and the median step time (all settings step in turn on each batch, so
+that CPU contention hits them alike) as a ratio to SGD's and to ``lanczos_steps=20``.
 
     python benchmarks/krylov_size.py            # 300 / 200 steps, 2 seeds (minutes)
     python benchmarks/krylov_size.py --quick    # a few steps (seconds)
@@ -28,7 +29,8 @@ for path in (ROOT, ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from peers_optim import Problem, _ce, _evaluate, _tanh_mlp, load_data  # noqa: E402
+from peers_optim import Data, Problem, _ce, _evaluate, _tanh_mlp, load_data  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from lanczos_optim import LanczosNewton  # noqa: E402
 
@@ -57,40 +59,54 @@ def _problems(quick: bool) -> dict[str, Problem]:
     }
 
 
-def _run(prob: Problem, data, label: str, seed: int) -> dict[str, float]:
-    torch.manual_seed(seed)
-    model = prob.model()
+def _make(label: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     if label.startswith("SGD"):
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    else:
-        opt = LanczosNewton(model.parameters(), **SETTINGS[label])  # type: ignore[arg-type]
+        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return LanczosNewton(model.parameters(), **SETTINGS[label])  # type: ignore[arg-type]
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, xb: Tensor, yb: Tensor) -> int:
+    """One step; returns the curvature products it used."""
+    if isinstance(opt, LanczosNewton):
+
+        def closure() -> tuple[Tensor, Tensor]:
+            out = model(xb)
+            return _ce(out, yb), out
+
+        opt.step(closure)
+        return opt.last_info.num_products  # type: ignore[union-attr]
+    opt.zero_grad()
+    _ce(model(xb), yb).backward()
+    opt.step()
+    return 0
+
+
+def _run(prob: Problem, data: Data, seed: int) -> dict[str, dict[str, float]]:
+    """All settings in lockstep on the same batches, so that CPU contention hits them alike."""
+    runs = {}
+    for label in SETTINGS:
+        torch.manual_seed(seed)
+        model = prob.model()
+        runs[label] = (model, _make(label, model), [], [0])
     (x, y), order = data.train, torch.Generator().manual_seed(1000 + seed)
-    perm, pos, clock, products = torch.randperm(len(y), generator=order), 0, 0.0, 0
+    perm, pos = torch.randperm(len(y), generator=order), 0
     for _ in range(prob.steps):
         if pos + prob.batch > len(y):
             perm, pos = torch.randperm(len(y), generator=order), 0
         idx = perm[pos : pos + prob.batch]
         pos += prob.batch
-        xb, yb = x[idx], y[idx]
-        t0 = time.perf_counter()
-        if isinstance(opt, LanczosNewton):
-
-            def closure(xb=xb, yb=yb) -> tuple[torch.Tensor, torch.Tensor]:
-                out = model(xb)
-                return _ce(out, yb), out
-
-            opt.step(closure)
-            products += opt.last_info.num_products  # type: ignore[union-attr]
-        else:
-            opt.zero_grad()
-            _ce(model(xb), yb).backward()
-            opt.step()
-        clock += time.perf_counter() - t0
+        for model, opt, times, products in runs.values():
+            t0 = time.perf_counter()
+            products[0] += _step(model, opt, x[idx], y[idx])
+            times.append(time.perf_counter() - t0)
     return {
-        "train": _evaluate(model, _ce, x, y, False)[0],
-        "val": _evaluate(model, _ce, *data.val, False)[0],
-        "products": products / prob.steps,
-        "seconds": clock / prob.steps,
+        label: {
+            "train": _evaluate(model, _ce, x, y, False)[0],
+            "val": _evaluate(model, _ce, *data.val, False)[0],
+            "products": products[0] / prob.steps,
+            "seconds": statistics.median(times),
+        }
+        for label, (model, _, times, products) in runs.items()
     }
 
 
@@ -103,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(1 if args.quick else args.seeds)
     for name, prob in _problems(args.quick).items():
         data = load_data(prob)
-        rows = {label: [_run(prob, data, label, s) for s in seeds] for label in SETTINGS}
+        per_seed = [_run(prob, data, s) for s in seeds]
+        rows = {label: [r[label] for r in per_seed] for label in SETTINGS}
         mean = {
             lab: {k: statistics.fmean(r[k] for r in rs) for k in rs[0]} for lab, rs in rows.items()
         }
