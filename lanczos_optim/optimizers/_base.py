@@ -16,7 +16,7 @@ from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_p
 from lanczos_optim._outputs import select_outputs
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
-from lanczos_optim.optimizers import _amp, _krylov_size, _param_groups, _protocols
+from lanczos_optim.optimizers import _amp, _krylov_size, _param_groups, _protocols, _sub_batch
 from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
     _mean_over_ranks,
@@ -258,6 +258,7 @@ class _LanczosNewtonBase(Optimizer):
             True
         """
         self._recorder.attach(model)
+        self._attached_model = model  # its buffers are restored around a curvature_closure
         return self
 
     def detach(self) -> None:
@@ -273,6 +274,7 @@ class _LanczosNewtonBase(Optimizer):
             False
         """
         self._recorder.detach()
+        self._attached_model = None
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -391,7 +393,9 @@ class _LanczosNewtonBase(Optimizer):
         return None if loss is None else loss.detach()
 
     # ------------------------------------------------------------------ the step
-    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Closure | None = None, *, curvature_closure: Closure | None = None
+    ) -> Tensor | None:
         """Take one step; see the class docstring for the closure and backward protocols.
 
         The step runs in four phases: the closure (forward pass and protocol checks), the
@@ -405,6 +409,13 @@ class _LanczosNewtonBase(Optimizer):
                 (attached to its graph) or ``(loss, outputs)``. Without a closure (or with one
                 that runs ``backward(create_graph=True)`` itself, as Lightning's does) the
                 gradients and their graph are read from ``p.grad``: the backward protocol.
+            curvature_closure: Optional (keyword only): like ``closure`` (the loss, or
+                ``(loss, outputs)`` for the GGN) on a smaller batch. On the steps that compute a
+                fresh basis it runs once and the curvature products use its graph, while the
+                gradient still comes from ``closure`` (or ``p.grad``): curvature from a
+                sub-batch. The buffers of an :meth:`attach`-ed model (BatchNorm running
+                statistics) are restored after it; without ``attach`` its forward updates
+                them as any forward in train mode does.
 
         Returns:
             The closure's loss, detached (None without a closure).
@@ -414,14 +425,16 @@ class _LanczosNewtonBase(Optimizer):
                 backward without ``create_graph``), when the closure breaks the protocol, or on
                 sparse gradients.
         """
+        _sub_batch.check(curvature_closure)
+        sub = _sub_batch.in_callers_autocast(self._params[0].device, curvature_closure)
         with _amp.outside_autocast(self._params[0].device, closure) as run:
             try:
-                return self._step(run)
+                return self._step(run, sub)
             finally:
                 self._recorder.records.clear()
                 self._recorder.frozen = False
 
-    def _step(self, closure: Closure | None) -> Tensor | None:
+    def _step(self, closure: Closure | None, sub: Closure | None = None) -> Tensor | None:
         t_start = time.perf_counter()
         group = self.param_groups[0]
         _param_groups.check_shared(type(self).__name__, self.param_groups)
@@ -456,19 +469,22 @@ class _LanczosNewtonBase(Optimizer):
         live = [self._params[i] for i in index]
         hyper = hyper.per_parameter(self.param_groups, index, live)
         refresh = _basis_due(state, index, int(group["update_every"]))
+        own = refresh and sub is None  # the curvature of the closure's own graph
         try:
             if backward is not None:
-                grads, product = self._from_backward(backward, live, refresh, use_ggn, scale)
+                grads, product = self._from_backward(backward, live, own, use_ggn, scale)
             else:
                 grads, product = self._differentiate(
                     loss,  # type: ignore[arg-type]
                     outputs,
                     live,
                     direct,
-                    refresh,
+                    own,
                     use_ggn,
                     source,
                 )
+            if refresh and sub is not None:
+                product = _sub_batch.curvature_product(self, sub, live, group["curvature"])
             info.gradient_seconds = time.perf_counter() - t_closure
             grads, flat_g = _mean_gradient(grads, live, hyper.weight_decay, info)
             with torch.no_grad():
