@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._block_lanczos import block_lanczos
+from lanczos_optim._convergence import SolveResidualTest, solve_residual, weighted_residual
 from lanczos_optim._linear_operator import _MatVec, as_matvec
-from lanczos_optim.lanczos import _start_vector, lanczos
+from lanczos_optim.lanczos import _run, _start_vector
 from lanczos_optim.validation import check_lanczos_steps
 
 __all__ = ["TRANSFORMS", "KrylovSolveInfo", "krylov_solve"]
@@ -69,6 +71,11 @@ class KrylovSolveInfo:
             starts from :math:`v`.
         product_seconds: Wall-clock seconds spent inside the operator's products.
         total_seconds: Wall-clock seconds of the whole solve.
+        relative_residual: :math:`\|(C + \delta I) d - v\| / \|v\|` from the tridiagonal, for a
+            run started from :math:`v` (``nan`` otherwise): exact for ``"newton"`` (the part
+            outside the Krylov space where Ritz values were clipped), the Ritz pairs' residual
+            bounds weighted by :math:`v`'s weights for ``"abs"`` and for block Lanczos (see
+            ``tol`` of :func:`krylov_solve`).
     """
 
     ritz_values: Tensor
@@ -88,6 +95,7 @@ class KrylovSolveInfo:
     d_abs_curvature_d: float = 0.0
     product_seconds: float = 0.0
     total_seconds: float = 0.0
+    relative_residual: float = math.nan
     _in_span: bool = field(default=False, repr=False)
     _dtype: torch.dtype = field(default=torch.float64, repr=False)
     _device: torch.device = field(default=torch.device("cpu"), repr=False)
@@ -283,6 +291,7 @@ def krylov_solve(
     block_size: int = 1,
     basis_dtype: torch.dtype | None = None,
     basis_device: torch.device | str | None = None,
+    tol: float | None = None,
 ) -> Tensor | tuple[Tensor, KrylovSolveInfo]:
     r"""Damped inverse-curvature-vector product from ``lanczos_steps`` Lanczos steps.
 
@@ -339,6 +348,21 @@ def krylov_solve(
         basis_device: Where the basis is stored (e.g. ``"cpu"``). Default: ``v``'s device.
             Block Lanczos (``block_size > 1``) builds its basis in ``v``'s dtype and device and
             stores it converted afterwards.
+        tol: Stop early, after fewer than ``lanczos_steps`` steps, once the relative residual
+            of the damped system in the Krylov space is at most ``tol`` (default ``None``: all
+            steps). After :math:`k` steps from :math:`v`, with :math:`T_k = S \Theta S^\top`,
+
+            .. math::
+                \frac{\|(C + \delta I) d - v\|}{\|v\|}
+                    = \beta_k \big|e_k^\top (T_k + \delta I)^{-1} e_1\big|
+                    = \beta_k \Big|\sum_i s_{k,i}\, f(\theta_i)\, s_{1,i}\Big|
+
+            for ``"newton"`` (the conjugate gradient residual, from the tridiagonal alone; with
+            clipped Ritz values the part outside the Krylov space), and for ``"abs"`` the Ritz
+            pairs' residual bounds weighted by :math:`v`'s weights,
+            :math:`\sum_i f(\theta_i) |s_{1,i}| |\beta_k s_{k,i}|`. Needs the run started from
+            :math:`v` (``v0=None``) and ``block_size=1``. The value reached is recorded as
+            ``relative_residual`` with ``return_info`` (also without ``tol``).
 
     Returns:
         ``d`` with ``v``'s shape, dtype and device; with ``return_info``, ``(d, info)``.
@@ -346,8 +370,9 @@ def krylov_solve(
     Raises:
         TypeError: If ``v`` is not a tensor.
         ValueError: On a bad shape, ``lanczos_steps`` not an int ``>= 1``, ``damping <= 0``,
-            an unknown ``transform`` or ``v0``, a non-finite ``v``, or an operator whose size
-            or dtype does not match ``v``.
+            an unknown ``transform`` or ``v0``, a non-finite ``v``, an operator whose size
+            or dtype does not match ``v``, or a ``tol`` that is not a finite number ``> 0`` or
+            comes with a ``v0`` or ``block_size > 1``.
         FloatingPointError: If the operator returns non-finite values.
 
     Example:
@@ -373,6 +398,7 @@ def krylov_solve(
     damping = float(damping)
     if not isinstance(v0, (Tensor, type(None))) and v0 != "random":
         raise ValueError(f"v0 must be None, 'random' or a tensor; got {v0!r}.")
+    _check_tol(tol, v0, block_size)
     op = as_matvec(operator, dim=v.shape[0], dtype=v.dtype, device=v.device)
     vnorm2 = _check_operand(op, v)
     if vnorm2 == 0.0:
@@ -385,17 +411,59 @@ def krylov_solve(
             q = q.to(device=basis_device or q.device, dtype=basis_dtype or q.dtype)
         else:
             storage = {"basis_dtype": basis_dtype, "basis_device": basis_device}
-            theta, q, s, record = _single_run(op, v, v0, steps, generator, timer, storage)
+            check = _solve_test(tol, damping, transform, steps)
+            theta, q, s, record = _single_run(op, v, v0, steps, generator, timer, storage, check)
         d, info = _solve_in_basis(
             theta, q, s, damping, transform, v, in_span=v0 is None, vnorm2=vnorm2
         )
+        beta = record.pop("residual_norm", None)
         for key, value in record.items():
             setattr(info, key, value)
+        if v0 is None:
+            info.relative_residual = _relative_residual(info, beta)
         info.product_seconds = timer.seconds
     info.total_seconds = time.perf_counter() - start
     if not bool(torch.isfinite(d).all()):
         raise FloatingPointError("krylov_solve produced a non-finite result.")
     return (d, info) if return_info else d
+
+
+def _check_tol(tol: object, v0: object, block_size: int) -> None:
+    """Raise a one-line ``ValueError`` on a bad ``tol`` or one the run cannot apply."""
+    if tol is None:
+        return
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol):
+        raise ValueError(f"Invalid tol value: {tol!r} (must be None or a finite number > 0).")
+    if not tol > 0:
+        raise ValueError(f"Invalid tol value: {tol!r} (must be None or a finite number > 0).")
+    if v0 is not None or block_size > 1:
+        raise ValueError(
+            f"tol needs the Krylov space started from v (v0=None, block_size=1); got v0="
+            f"{'a tensor' if isinstance(v0, Tensor) else repr(v0)}, block_size={block_size}."
+        )
+
+
+def _solve_test(
+    tol: float | None, damping: float, transform: str, steps: int
+) -> SolveResidualTest | None:
+    """The early-stopping test of ``tol`` (``None`` without)."""
+    if tol is None:
+        return None
+
+    def factors(theta: np.ndarray) -> np.ndarray:
+        return _spectral_factors(torch.from_numpy(theta), damping, transform)[0].numpy()
+
+    return SolveResidualTest(float(tol), factors, transform == "newton", min(steps, 64))
+
+
+def _relative_residual(info: KrylovSolveInfo, beta: float | None) -> float:
+    """The solve's relative residual from the tridiagonal (plain) or the bounds (block)."""
+    if info.num_products == 0:
+        return 0.0
+    s, factors = info.coordinates.numpy(), info.factors.numpy()
+    if beta is None:  # block Lanczos: its residual bounds, weighted by v's weights
+        return weighted_residual(s[0], factors, info.residuals.numpy())
+    return solve_residual(s, factors, beta, exact=info.transform == "newton")
 
 
 def _check_operand(op: _MatVec, v: Tensor) -> float:
@@ -461,21 +529,17 @@ def _single_run(
     generator: torch.Generator | None,
     timer: _Timed,
     storage: dict[str, Any],
+    check: SolveResidualTest | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
-    """Plain Lanczos: Ritz values, the stored basis, the tridiagonal's eigenvectors, the record."""
-    res = lanczos(
-        timer.wrap(op.matvec),
-        steps,
-        v0=v if v0 is None else (None if isinstance(v0, str) else v0),
-        generator=generator,
-        keep_basis=True,
-        dim=op.dim,
-        dtype=op.dtype,
-        device=op.device,
-        **storage,
-    )
-    if res.basis is None:  # pragma: no cover - keep_basis=True always returns it
-        raise RuntimeError("lanczos returned no basis.")
+    r"""Plain Lanczos: Ritz values, the stored basis, the tridiagonal's eigenvectors, the record.
+
+    ``check`` stops the run early (``tol``); the record's ``residual_norm`` is :math:`\beta_m`.
+    """
+    timed = as_matvec(timer.wrap(op.matvec), dim=op.dim, dtype=op.dtype, device=op.device)
+    start = v if v0 is None else (None if isinstance(v0, str) else v0)
+    unit = _start_vector(start, op.dim, op.dtype, op.device, generator)
+    res, basis = _run(timed, unit, steps, check, **storage)
     record = {"weights": res.weights, "residuals": res.residuals}
     record |= {"num_products": res.num_steps, "breakdown": res.breakdown}
-    return res.ritz_values, res.basis, res.eigvecs_T, record
+    record["residual_norm"] = res.residual_norm
+    return res.ritz_values, basis.tensor(), res.eigvecs_T, record

@@ -212,6 +212,26 @@ def lanczos(
     v = _start_vector(v0, op.dim, op.dtype, op.device, generator)
     if op.sync is not None:  # a distributed operator: every rank starts from rank 0's vector
         v = op.sync(v)
+    res, basis = _run(op, v, num_steps, check, reorthogonalize, callback, basis_dtype, basis_device)
+    if compute_vectors:
+        u = basis.combine(res.eigvecs_T)
+        res.ritz_vectors = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
+    if keep_basis:
+        res.basis = basis.tensor()
+    return res
+
+
+def _run(
+    op: _MatVec,
+    v: Tensor,
+    num_steps: int,
+    check: ResidualTest | None,
+    reorthogonalize: bool = True,
+    callback: Callable[[int], None] | None = None,
+    basis_dtype: torch.dtype | None = None,
+    basis_device: torch.device | str | None = None,
+) -> tuple[LanczosResult, LanczosBasis]:
+    """Up to ``num_steps`` steps from the unit vector ``v`` (stopped early by ``check``)."""
     basis = LanczosBasis(
         num_steps,
         op.dim,
@@ -229,12 +249,7 @@ def lanczos(
         run.beta_prev,
         run.breakdown,
     )
-    if compute_vectors:
-        u = basis.combine(res.eigvecs_T)
-        res.ritz_vectors = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
-    if keep_basis:
-        res.basis = basis.tensor()
-    return res
+    return res, basis
 
 
 def _residual_test(tol: float | None, stop_on: str, num_steps: int) -> ResidualTest | None:
@@ -305,7 +320,7 @@ class _Recurrence:
             return True
         if self.check is not None:
             self.check.push(self.alphas[-1], self.beta_prev)
-            return j >= 1 and self.check.converged(beta)
+            return j + 1 >= self.check.min_steps and self.check.converged(beta)
         return False
 
     def iterate(self, v: Tensor, num_steps: int) -> None:

@@ -18,7 +18,14 @@ from lanczos_optim._outputs import select_outputs
 from lanczos_optim._warm_start import _warm_solver
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
-from lanczos_optim.optimizers import _amp, _damping, _param_groups, _protocols
+from lanczos_optim.optimizers import (
+    _amp,
+    _damping,
+    _krylov_size,
+    _param_groups,
+    _protocols,
+    _sub_batch,
+)
 from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
     _mean_over_ranks,
@@ -95,6 +102,7 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
         raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
     _check_storage(hp["basis_dtype"], hp["basis_device"])
     _damping.check_adaptive(hp)
+    _krylov_size.check_tol(hp)
     _check_reuse(hp["reuse_complement"], hp["warm_start"])
 
 
@@ -179,6 +187,7 @@ class _LanczosNewtonBase(Optimizer):
         adaptive_damping: bool = False,
         reuse_complement: str = "augment",
         warm_start: bool = False,
+        krylov_tol: float | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -197,6 +206,7 @@ class _LanczosNewtonBase(Optimizer):
             "adaptive_damping": adaptive_damping,
             "reuse_complement": reuse_complement,
             "warm_start": warm_start,
+            "krylov_tol": krylov_tol,
         }
         _validate(type(self).__name__, defaults)
         self._recorder = _protocols.OutputRecorder()
@@ -213,6 +223,7 @@ class _LanczosNewtonBase(Optimizer):
             group.setdefault("adaptive_damping", False)
             group.setdefault("reuse_complement", "damped")  # what older runs did, exactly
             group.setdefault("warm_start", False)
+            group.setdefault("krylov_tol", None)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -280,6 +291,7 @@ class _LanczosNewtonBase(Optimizer):
             True
         """
         self._recorder.attach(model)
+        self._attached_model = model  # its buffers are restored around a curvature_closure
         return self
 
     def detach(self) -> None:
@@ -295,6 +307,7 @@ class _LanczosNewtonBase(Optimizer):
             False
         """
         self._recorder.detach()
+        self._attached_model = None
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -414,7 +427,11 @@ class _LanczosNewtonBase(Optimizer):
 
     # ------------------------------------------------------------------ the step
     def step(  # type: ignore[override]
-        self, closure: Closure | None = None, *, rho_closure: Closure | None = None
+        self,
+        closure: Closure | None = None,
+        *,
+        rho_closure: Closure | None = None,
+        curvature_closure: Closure | None = None,
     ) -> Tensor | None:
         """Take one step; see the class docstring for the closure and backward protocols.
 
@@ -433,6 +450,13 @@ class _LanczosNewtonBase(Optimizer):
                 (same form as ``closure``), evaluated under ``torch.no_grad()`` before and after
                 the step for the actual decrease of the reduction ratio; default None: the
                 closure's own batch is re-evaluated after the step.
+            curvature_closure: Optional (keyword only): like ``closure`` (the loss, or
+                ``(loss, outputs)`` for the GGN) on a smaller batch. On the steps that compute a
+                fresh basis it runs once and the curvature products use its graph, while the
+                gradient still comes from ``closure`` (or ``p.grad``): curvature from a
+                sub-batch. The buffers of an :meth:`attach`-ed model (BatchNorm running
+                statistics) are restored after it; without ``attach`` its forward updates
+                them as any forward in train mode does.
 
         Returns:
             The closure's loss, detached (None without a closure).
@@ -442,15 +466,19 @@ class _LanczosNewtonBase(Optimizer):
                 backward without ``create_graph``), when the closure breaks the protocol, or on
                 sparse gradients; ``adaptive_damping=True`` without a closure.
         """
+        _sub_batch.check(curvature_closure)
+        sub = _sub_batch.in_callers_autocast(self._params[0].device, curvature_closure)
         rho_closure = _damping.user_autocast(self._params[0].device, rho_closure)
         with _amp.outside_autocast(self._params[0].device, closure) as run:
             try:
-                return self._step(run, rho_closure)
+                return self._step(run, rho_closure, sub)
             finally:
                 self._recorder.records.clear()
                 self._recorder.frozen = False
 
-    def _step(self, closure: Closure | None, rho_closure: Closure | None) -> Tensor | None:
+    def _step(
+        self, closure: Closure | None, rho_closure: Closure | None, sub: Closure | None = None
+    ) -> Tensor | None:
         t_start = time.perf_counter()
         group = self.param_groups[0]
         _param_groups.check_shared(type(self).__name__, self.param_groups)
@@ -490,19 +518,22 @@ class _LanczosNewtonBase(Optimizer):
         hyper = hyper.per_parameter(self.param_groups, index, live)
         refresh = _basis_due(state, index, int(group["update_every"]))
         graph = refresh or group["reuse_complement"] != "damped"  # products on reuse steps too
+        own = graph and sub is None  # the curvature of the closure's own graph
         try:
             if backward is not None:
-                grads, product = self._from_backward(backward, live, graph, use_ggn, scale)
+                grads, product = self._from_backward(backward, live, own, use_ggn, scale)
             else:
                 grads, product = self._differentiate(
                     loss,  # type: ignore[arg-type]
                     outputs,
                     live,
                     direct,
-                    graph,
+                    own,
                     use_ggn,
                     source,
                 )
+            if graph and sub is not None:
+                product = _sub_batch.curvature_product(self, sub, live, group["curvature"])
             info.gradient_seconds = time.perf_counter() - t_closure
             grads, flat_g = _mean_gradient(grads, live, hyper.weight_decay, info)
             with torch.no_grad():
@@ -748,6 +779,7 @@ class _LanczosNewtonBase(Optimizer):
                     block_size=block,
                     basis_dtype=group["basis_dtype"],
                     basis_device=group["basis_device"],
+                    tol=group["krylov_tol"],
                 )
             except FloatingPointError:
                 raise _SkipStep("non-finite curvature") from None
@@ -763,6 +795,7 @@ class _LanczosNewtonBase(Optimizer):
                 raise RuntimeError("internal error: krylov_solve returned no info.")
             info.num_products = kinfo.num_products
             info.product_seconds = kinfo.product_seconds
+            info.krylov_residual = kinfo.relative_residual
             solve = _Solve(d, kinfo, gen, 0)
         else:
             op = None if product is None else _ClosureCurvature(product, live, wd, flat_g)

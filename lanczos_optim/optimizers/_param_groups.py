@@ -35,6 +35,7 @@ SHARED_OPTIONS = (
     "adaptive_damping",
     "reuse_complement",
     "warm_start",
+    "krylov_tol",
 )
 #: Options a parameter group may set for itself.
 PER_GROUP_OPTIONS = ("lr", "weight_decay")

@@ -180,6 +180,11 @@ class LanczosNewton(_LanczosNewtonBase):
             previous basis's top Ritz vector(s), a block of width ``max(block_size, 2)``
             (block Lanczos; same number of products), instead of the gradient alone
             (default ``False``).
+        krylov_tol: Stop the Lanczos run early, after at most ``lanczos_steps`` steps, once
+            the damped system is solved to this relative residual in the Krylov space,
+            :math:`\|(C + \delta I) d - g\| \le \mathrm{tol}\, \|g\|`, read off the tridiagonal
+            for free (``tol`` of :func:`~lanczos_optim.krylov_solve`); default ``None``: always
+            ``lanczos_steps`` steps. The residual reached is ``last_info.krylov_residual``.
 
     Raises:
         ValueError: On an invalid hyperparameter, a group that differs in a shared option,
@@ -227,6 +232,7 @@ class LanczosNewton(_LanczosNewtonBase):
         adaptive_damping: bool = False,
         reuse_complement: str = "augment",
         warm_start: bool = False,
+        krylov_tol: float | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -246,4 +252,5 @@ class LanczosNewton(_LanczosNewtonBase):
             adaptive_damping=adaptive_damping,
             reuse_complement=reuse_complement,
             warm_start=warm_start,
+            krylov_tol=krylov_tol,
         )

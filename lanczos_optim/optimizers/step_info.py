@@ -59,6 +59,10 @@ class StepInfo:
         next_damping: The damping of the next step: :attr:`damping` moved by the
             Levenberg--Marquardt rule on :attr:`rho` with ``adaptive_damping``, else (and for a
             skipped step) equal to :attr:`damping`.
+        krylov_residual: Relative residual :math:`\|(C + \delta I) d - g\| / \|g\|` of the damped
+            system in the fresh Krylov space (``krylov_tol``; the Ritz pairs' weighted residual
+            bounds for the saddle-free transform); ``nan`` when the basis was reused, the
+            Krylov start was random or the step was skipped.
 
     Example:
         >>> import torch
@@ -101,6 +105,7 @@ class StepInfo:
     total_seconds: float = 0.0
     rho: float = math.nan
     next_damping: float = math.nan
+    krylov_residual: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record with tensors as lists of floats (for loggers)."""

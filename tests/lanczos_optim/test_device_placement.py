@@ -137,6 +137,24 @@ def _run_optimizer(cls: type, **kwargs: Any) -> Case:
     return run
 
 
+def _run_sub_batch(s: _Inputs) -> list[torch.Tensor]:
+    """Curvature from a sub-batch (curvature_closure), BatchNorm buffers of the attached model."""
+    opt = LanczosNewton(s.model.parameters(), lanczos_steps=4, update_every=2).attach(s.model)
+    for x, y in s.data * 2:
+
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> Any:
+            out = s.model(x)
+            return nn.functional.cross_entropy(out, y), out
+
+        def sub(x: torch.Tensor = x[:3], y: torch.Tensor = y[:3]) -> Any:
+            return nn.functional.cross_entropy(s.model(x), y)
+
+        opt.step(closure, curvature_closure=sub)
+    info = opt.last_info
+    assert info is not None
+    return [*s.model.parameters(), *s.model.buffers(), info.ritz_values]
+
+
 CASES: dict[str, Case] = {
     "lanczos": _run_lanczos,
     "spectral_density": _run_density(False),
@@ -176,6 +194,8 @@ CASES: dict[str, Case] = {
         reuse_complement="augment",
         warm_start=True,
     ),
+    "LanczosNewton-krylov-tol": _run_optimizer(LanczosNewton, krylov_tol=0.3),
+    "LanczosNewton-sub-batch-curvature": _run_sub_batch,
     "LanczosSaddleFreeNewton": _run_optimizer(LanczosSaddleFreeNewton),
     "LanczosSaddleFreeNewton-random-reuse": _run_optimizer(
         LanczosSaddleFreeNewton, krylov_start="random", update_every=3

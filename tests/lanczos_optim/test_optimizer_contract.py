@@ -250,6 +250,7 @@ VALID_CONFIGS = {
         LanczosSaddleFreeNewton,
         dict(krylov_start="random", update_every=2, momentum=0.5, lanczos_steps=6),
     ),
+    "newton-krylov-tol": (LanczosNewton, dict(krylov_tol=1e-2, lanczos_steps=8)),
     # load_state_dict casts the cached bfloat16 basis to float64; the step casts it back.
     "bf16-basis-reused-across-the-checkpoint": (
         LanczosNewton,
