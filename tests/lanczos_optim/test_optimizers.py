@@ -183,6 +183,18 @@ def test_saddle_free_escapes_a_saddle_that_newton_is_attracted_to() -> None:
     assert float(_saddle(p.detach())) == pytest.approx(-1.0, abs=1e-10)
 
 
+def test_saddle_free_defaults_escape_the_strict_saddle() -> None:
+    # The defaults (lr 0.1, damping 1, Hessian, random start, trust region 1): with P = 2 the
+    # Krylov space is the whole space, so y grows by 1 + 0.1 * 2 / 3 per step near the saddle.
+    p = nn.Parameter(torch.tensor([1.0, 1e-3], dtype=F64))
+    opt = LanczosSaddleFreeNewton([p], seed=0)
+    for _ in range(400):
+        opt.step(lambda: _saddle(p))
+    torch.testing.assert_close(
+        p.detach(), torch.tensor([0.0, math.sqrt(2.0)], dtype=F64), rtol=0, atol=1e-6
+    )
+
+
 def _rosenbrock(w: torch.Tensor) -> torch.Tensor:
     return (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2
 
