@@ -212,6 +212,12 @@ def specs() -> list[Spec]:
         Spec("SGD", _named("sgd"), _lrs(0.01, 0.03, 0.1, 0.3)),
         Spec("Adam", _named("adam"), _lrs(3e-4, 1e-3, 3e-3, 1e-2)),
         Spec("LanczosNewton()", _named("lanczos_newton"), [{}]),
+        Spec("LanczosNewton(lanczos_steps=20)", _named("lanczos_newton"), [{"lanczos_steps": 20}]),
+        Spec(
+            "LanczosNewton(adaptive_damping=True)",
+            _named("lanczos_newton"),
+            [{"adaptive_damping": True}],
+        ),
         Spec(
             "LanczosNewton(lanczos_steps=5, update_every=5)",
             _named("lanczos_newton"),

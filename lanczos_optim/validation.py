@@ -36,6 +36,7 @@ __all__ = [
     "CURVATURES",
     "NUM_PROBES",
     "OPTIMIZER_LANCZOS_STEPS",
+    "SADDLE_FREE_LANCZOS_STEPS",
     "PRECISIONS",
     "SPECTRUM_LANCZOS_STEPS",
     "check_bn_mode",
@@ -47,8 +48,11 @@ __all__ = [
 
 #: Curvature matrices: the Hessian and the generalised Gauss-Newton matrix.
 CURVATURES = ("hessian", "ggn")
-#: Default Lanczos steps per optimiser step (curvature products per step).
-OPTIMIZER_LANCZOS_STEPS = 20
+#: Default Lanczos steps per LanczosNewton step (curvature products per step): 5 reached the
+#: training loss of 20 within 1 % at a third of the cost (``benchmarks/krylov_size.py``).
+OPTIMIZER_LANCZOS_STEPS = 5
+#: Default Lanczos steps per LanczosSaddleFreeNewton step: its random start needs more.
+SADDLE_FREE_LANCZOS_STEPS = 20
 #: Default Lanczos steps per probe of a spectrum estimate.
 SPECTRUM_LANCZOS_STEPS = 100
 #: Default number of random probes of a stochastic estimate (the paper uses one, section 8).

@@ -269,6 +269,8 @@ def check_hyperparameter_types(
             known = ", ".join(n for n in params if n not in ("self", "params"))
             raise TypeError(f"{prefix}{key}: not an option of {cls.__name__} (it takes {known})")
         default = params[key].default if key in params else None
+        if value is None and key in params and "None" in str(params[key].annotation):
+            continue  # an optional number given as None (e.g. max_step_norm=None: no bound)
         if _is_number(default) and not _is_number(value):
             raise TypeError(
                 f"{prefix}{key}: expected a number, got {value!r} ({type(value).__name__})"

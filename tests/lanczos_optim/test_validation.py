@@ -17,7 +17,12 @@ from lanczos_optim import (
     lanczos,
     spectral_density,
 )
-from lanczos_optim.validation import NUM_PROBES, OPTIMIZER_LANCZOS_STEPS, SPECTRUM_LANCZOS_STEPS
+from lanczos_optim.validation import (
+    NUM_PROBES,
+    OPTIMIZER_LANCZOS_STEPS,
+    SADDLE_FREE_LANCZOS_STEPS,
+    SPECTRUM_LANCZOS_STEPS,
+)
 
 F64 = torch.float64
 
@@ -87,8 +92,8 @@ def test_defaults_are_the_named_constants() -> None:
     def default(f, name):
         return inspect.signature(f).parameters[name].default
 
-    assert default(LanczosNewton, "lanczos_steps") == OPTIMIZER_LANCZOS_STEPS == 20
-    assert default(LanczosSaddleFreeNewton, "lanczos_steps") == OPTIMIZER_LANCZOS_STEPS
+    assert default(LanczosNewton, "lanczos_steps") == OPTIMIZER_LANCZOS_STEPS == 5
+    assert default(LanczosSaddleFreeNewton, "lanczos_steps") == SADDLE_FREE_LANCZOS_STEPS == 20
     assert default(compute_eigenspectrum, "lanczos_steps") == SPECTRUM_LANCZOS_STEPS == 100
     for f in (compute_eigenspectrum, loss_statistics, spectral_density):
         assert default(f, "num_probes") == NUM_PROBES == 1

@@ -39,6 +39,15 @@ def test_a_bool_option_refuses_a_non_bool():
         build_optimizer("lanczos_newton", params, adaptive_damping="True")
 
 
+def test_an_optional_number_takes_none_and_a_plain_number_does_not():
+    # max_step_norm: float | None = 1.0 -- None (no trust region) is a documented value.
+    params = list(torch.nn.Linear(2, 2).parameters())
+    opt = build_optimizer("lanczos_newton", params, max_step_norm=None)
+    assert opt.defaults["max_step_norm"] is None
+    with pytest.raises(TypeError, match=r"^LanczosNewton: damping: expected a number, got None"):
+        check_hyperparameter_types(type(opt), {"damping": None}, prefix="LanczosNewton: ")
+
+
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_adaptive_damping_attaches_the_model_so_batchnorm_updates_once(adaptive):
     from diagnostics.training.optimizers import train_step
