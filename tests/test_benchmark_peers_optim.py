@@ -22,6 +22,7 @@ COLUMNS = (
 )
 OPTIMIZERS = {
     "SGD", "Adam", "LanczosNewton()", "LanczosNewton(lanczos_steps=5, update_every=5)",
+    "LanczosNewton(lanczos_steps=20)", "LanczosNewton(adaptive_damping=True)",
     "LanczosSaddleFreeNewton()", "LanczosNewton (tuned)", "AdaHessian", "SophiaH", "Shampoo",
     "SOAP", "PSGD-Kron", "SOAP (heavyball)", "PSGD-Kron (heavyball)", "K-FAC (curvlinops)",
 }  # fmt: skip
