@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers_optim as po  # noqa: E402
-from _report import write_report  # noqa: E402
+import peers_optim as po
+from _report import write_report
 
 _MLP_BASES = ({}, {"damping": 0.1})
 #: problem -> the settings without momentum each variant is compared with.
@@ -48,9 +48,10 @@ def _mean_run(name: str, prob: po.Problem, data: po.Data, setting: dict, seeds: 
         spec = po.Spec("LanczosNewton", po._named("lanczos_newton"), [setting])
         run = po.Run(name, spec.label, setting, seed, "seed")
         runs.append(po.train_run(prob, data, spec, run, eval_every=None))
-    return tuple(
-        statistics.fmean(values)
-        for values in zip(*((r.train_loss[-1], r.eval_loss, r.step_seconds) for r in runs))
+    return (
+        statistics.fmean(r.train_loss[-1] for r in runs),
+        statistics.fmean(r.eval_loss for r in runs),
+        statistics.fmean(r.step_seconds for r in runs),
     )
 
 

@@ -22,7 +22,8 @@ def test_the_quick_run_writes_every_row(tmp_path: Path) -> None:
     rows = [line.strip("|").split("|") for line in out.read_text().splitlines()[4:]]
     assert len(rows) == 3 * (2 + 2 + 1)  # three variants per (problem, damping)
     for problem, _, variant, train, held, ratio in rows:
-        assert math.isfinite(float(train)) and math.isfinite(float(held)), problem
+        assert math.isfinite(float(train)), problem
+        assert math.isfinite(float(held)), problem
         if variant.strip() == "none":
             assert float(ratio) == 1.0
     assert {r[0].strip() for r in rows} == {"digits-mlp", "fashion-mlp", "autoencoder"}
