@@ -49,8 +49,10 @@ def _augmented_solve(
     matvec: Callable[[Tensor], Tensor],
     *,
     couple: bool = True,
+    extra: Tensor | None = None,
+    in_span: bool = False,
 ) -> tuple[Tensor, KrylovSolveInfo]:
-    """The step in ``span(Q, r)`` for a reused basis ``(Q, S, theta)``; see the module docstring.
+    r"""The step in ``span(Q, r)`` for a reused basis ``(Q, S, theta)``; see the module docstring.
 
     A complement below :func:`_complement_floor` (``v`` already in the basis) gets the cached
     solve of :func:`~lanczos_optim.krylov._solve_in_basis` and no product. The info's
@@ -58,19 +60,37 @@ def _augmented_solve(
     joined it), ``num_products`` the products taken (1 or 0), ``weights`` the squared Ritz
     coordinates of ``v`` over its squared norm, ``residuals`` empty.
 
+    With ``extra`` (the subspace momentum of :mod:`lanczos_optim._subspace`), the complement of
+    ``extra`` joins the basis instead of ``v``'s: :math:`r = e - Q^\top Q e`, and ``v``'s
+    coordinate on it is :math:`\hat r^\top v`; ``in_span`` says that ``v`` lies in
+    :math:`\mathrm{span}(Q)` (a run started from ``v``), otherwise the rest of ``v`` outside
+    :math:`\mathrm{span}(Q, \hat r)` gets the step :math:`1/\delta`, as in
+    :func:`~lanczos_optim.krylov._solve_in_basis`.
+
     Raises:
         FloatingPointError: If the product is not finite.
     """
     view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
     qv = view.coordinates(v)
-    r = v - view.combine(qv[:, None])[:, 0]
     vnorm2 = float(torch.dot(v.double(), v.double()))
+    if extra is None:
+        r = v - view.combine(qv[:, None])[:, 0]
+    else:
+        r = view.project_out(extra.to(device=v.device, dtype=v.dtype))
     qv64 = qv.to(device="cpu", dtype=torch.float64)
     share = min(1.0, float(qv64 @ qv64) / vnorm2) if vnorm2 > 0 else 1.0
     rnorm = float(torch.linalg.vector_norm(r.double()))
-    if vnorm2 == 0.0 or rnorm <= _complement_floor(v, basis) * vnorm2**0.5:
-        return _solve_in_basis(ritz_values, basis, coordinates, damping, transform, v)
+    scale = vnorm2**0.5 if extra is None else float(torch.linalg.vector_norm(extra.double()))
+    if vnorm2 == 0.0 or rnorm <= _complement_floor(v, basis) * scale:
+        return _solve_in_basis(
+            ritz_values, basis, coordinates, damping, transform, v, in_span=in_span
+        )
     rhat = r / rnorm
+    # v's coordinate on rhat, and (a momentum step from a basis v does not span) v's rest.
+    rv = rnorm if extra is None else float(torch.dot(rhat.double(), v.double()))
+    rest = None
+    if extra is not None and not in_span:
+        rest = v - view.combine(qv[:, None])[:, 0] - rv * rhat
     t0 = time.perf_counter()
     cr = matvec(rhat)
     seconds = time.perf_counter() - t0
@@ -85,11 +105,15 @@ def _augmented_solve(
         a[:m, m] = a[m, :m] = view.coordinates(cr).to(device="cpu", dtype=torch.float64)
     a[m, m] = float(torch.dot(rhat.double(), cr.double()))
     phi, w = torch.linalg.eigh((a + a.T) / 2)
-    c = w.T @ torch.cat([qv64, qv64.new_tensor([rnorm])])
+    c = w.T @ torch.cat([qv64, qv64.new_tensor([rv])])
     factors, clipped = _spectral_factors(phi, damping, transform)
     fc = factors * c
     y = (w @ fc).to(device=v.device, dtype=v.dtype)
     d = view.combine(y[:m, None])[:, 0] + y[m] * rhat
+    v_dot_d = float(fc @ c)
+    if rest is not None:
+        d = d + rest / damping
+        v_dot_d += float(rest.double() @ rest.double()) / damping
     info = KrylovSolveInfo(
         ritz_values=phi,
         weights=c * c / vnorm2,
@@ -102,11 +126,11 @@ def _augmented_solve(
         num_clipped=clipped,
         num_products=1,
         krylov_fraction=share,
-        v_dot_d=float(fc @ c),
+        v_dot_d=v_dot_d,
         d_curvature_d=float(phi @ (fc * fc)),
         d_abs_curvature_d=float(phi.abs() @ (fc * fc)),
         product_seconds=seconds,
-        _in_span=True,
+        _in_span=rest is None,
         _dtype=v.dtype,
         _device=v.device,
         _extra=rhat,

@@ -25,6 +25,7 @@ from lanczos_optim.optimizers import (
     _param_groups,
     _protocols,
     _sub_batch,
+    _subspace,
 )
 from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
@@ -104,6 +105,7 @@ def _validate(name: str, hp: dict[str, Any]) -> None:
     _damping.check_adaptive(hp)
     _krylov_size.check_tol(hp)
     _check_reuse(hp["reuse_complement"], hp["warm_start"])
+    _subspace.check(hp)
 
 
 def _check_reuse(complement: object, warm_start: object) -> None:
@@ -188,6 +190,7 @@ class _LanczosNewtonBase(Optimizer):
         reuse_complement: str = "augment",
         warm_start: bool = False,
         krylov_tol: float | None = None,
+        subspace_momentum: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -207,6 +210,7 @@ class _LanczosNewtonBase(Optimizer):
             "reuse_complement": reuse_complement,
             "warm_start": warm_start,
             "krylov_tol": krylov_tol,
+            "subspace_momentum": subspace_momentum,
         }
         _validate(type(self).__name__, defaults)
         self._recorder = _protocols.OutputRecorder()
@@ -224,6 +228,7 @@ class _LanczosNewtonBase(Optimizer):
             group.setdefault("reuse_complement", "damped")  # what older runs did, exactly
             group.setdefault("warm_start", False)
             group.setdefault("krylov_tol", None)
+            group.setdefault("subspace_momentum", False)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -793,6 +798,12 @@ class _LanczosNewtonBase(Optimizer):
                 raise
             if not isinstance(kinfo, KrylovSolveInfo):  # pragma: no cover
                 raise RuntimeError("internal error: krylov_solve returned no info.")
+            if group["subspace_momentum"]:
+                prev = _subspace.previous(state, self._live_index(live), flat_g)
+                try:
+                    d, kinfo = _subspace.extend(kinfo, d, prev, flat_g, curvature.matvec)
+                except FloatingPointError:
+                    raise _SkipStep("non-finite curvature") from None
             info.num_products = kinfo.num_products
             info.product_seconds = kinfo.product_seconds
             info.krylov_residual = kinfo.relative_residual
@@ -816,10 +827,13 @@ class _LanczosNewtonBase(Optimizer):
             return None
         if float(torch.linalg.vector_norm(flat_g)) == 0.0:
             return None
-        index = [i for i, p in enumerate(self._params) if any(p is x for x in live)]
-        if state.get("basis_params") != index:
+        if state.get("basis_params") != self._live_index(live):
             return None
         return _cached_basis(state, group, flat_g)
+
+    def _live_index(self, live: list[Tensor]) -> list[int]:
+        """The positions of the live parameters among all parameters."""
+        return [i for i, p in enumerate(self._params) if any(p is x for x in live)]
 
     def _cached_solve(
         self,
@@ -913,6 +927,11 @@ class _LanczosNewtonBase(Optimizer):
         if solve.generator is not None:
             state["generator_state"] = solve.generator.get_state()
         _cache_basis(state, solve, index, refresh, int(self.param_groups[0]["update_every"]))
+        if self.param_groups[0]["subspace_momentum"]:
+            _subspace.remember(state, direction, index)
+        else:
+            for key in _subspace.STATE_KEYS:
+                state.pop(key, None)
         state["step"] += 1
 
 

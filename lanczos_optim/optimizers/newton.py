@@ -187,6 +187,11 @@ class LanczosNewton(_LanczosNewtonBase):
             :math:`\|(C + \delta I) d - g\| \le \mathrm{tol}\, \|g\|`, read off the tridiagonal
             for free (``tol`` of :func:`~lanczos_optim.krylov_solve`); default ``None``: always
             ``lanczos_steps`` steps. The residual reached is ``last_info.krylov_residual``.
+        subspace_momentum: Add the previous step's direction to the Krylov space (one more
+            curvature product): the step minimises the damped quadratic model over
+            :math:`\mathrm{span}(K_m(C, g), d_{t-1})`, so the model chooses the momentum
+            coefficient (see :mod:`lanczos_optim.optimizers._subspace`); needs
+            ``update_every=1``. Default ``False``.
 
     Raises:
         ValueError: On an invalid hyperparameter, a group that differs in a shared option,
@@ -235,6 +240,7 @@ class LanczosNewton(_LanczosNewtonBase):
         reuse_complement: str = "augment",
         warm_start: bool = False,
         krylov_tol: float | None = None,
+        subspace_momentum: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -255,4 +261,5 @@ class LanczosNewton(_LanczosNewtonBase):
             reuse_complement=reuse_complement,
             warm_start=warm_start,
             krylov_tol=krylov_tol,
+            subspace_momentum=subspace_momentum,
         )

@@ -132,6 +132,11 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             for free (``tol`` of :func:`~lanczos_optim.krylov_solve`); default ``None``: always
             ``lanczos_steps`` steps. The residual reached is ``last_info.krylov_residual``. Needs
             ``krylov_start="gradient"`` (this optimiser's default is ``"random"``).
+        subspace_momentum: Add the previous step's direction to the Krylov space (one more
+            curvature product): the step applies the transform to the curvature projected on
+            :math:`\mathrm{span}(K_m(C, v_0), d_{t-1})`, so the model chooses the momentum
+            coefficient (see :mod:`lanczos_optim.optimizers._subspace`); needs
+            ``update_every=1``. Default ``False``.
 
     Raises:
         ValueError: On an invalid hyperparameter, a group that differs in a shared option,
@@ -176,6 +181,7 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
         reuse_complement: str = "augment",
         warm_start: bool = False,
         krylov_tol: float | None = None,
+        subspace_momentum: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -196,4 +202,5 @@ class LanczosSaddleFreeNewton(_LanczosNewtonBase):
             reuse_complement=reuse_complement,
             warm_start=warm_start,
             krylov_tol=krylov_tol,
+            subspace_momentum=subspace_momentum,
         )

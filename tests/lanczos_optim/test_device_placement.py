@@ -195,6 +195,10 @@ CASES: dict[str, Case] = {
         warm_start=True,
     ),
     "LanczosNewton-krylov-tol": _run_optimizer(LanczosNewton, krylov_tol=0.3),
+    "LanczosNewton-subspace-momentum": _run_optimizer(LanczosNewton, subspace_momentum=True),
+    "LanczosSaddleFreeNewton-random-subspace-momentum": _run_optimizer(
+        LanczosSaddleFreeNewton, krylov_start="random", subspace_momentum=True
+    ),
     "LanczosNewton-sub-batch-curvature": _run_sub_batch,
     "LanczosSaddleFreeNewton": _run_optimizer(LanczosSaddleFreeNewton),
     "LanczosSaddleFreeNewton-random-reuse": _run_optimizer(

@@ -71,6 +71,16 @@ ERROR_CASES = {
     ),
     "basis-dtype-str": (dict(basis_dtype="bf16"), ValueError, r"Invalid basis_dtype: 'bf16'"),
     "basis-device": (dict(basis_device="nowhere"), ValueError, r"Invalid basis_device: 'nowhere'"),
+    "subspace-momentum-int": (
+        dict(subspace_momentum=1),
+        ValueError,
+        r"Invalid subspace_momentum value: 1 \(must be a bool\)",
+    ),
+    "subspace-momentum-reuse": (
+        dict(subspace_momentum=True, update_every=2),
+        ValueError,
+        r"Invalid subspace_momentum value: True with update_every=2",
+    ),
 }
 
 
@@ -251,6 +261,11 @@ VALID_CONFIGS = {
         dict(krylov_start="random", update_every=2, momentum=0.5, lanczos_steps=6),
     ),
     "newton-krylov-tol": (LanczosNewton, dict(krylov_tol=1e-2, lanczos_steps=8)),
+    "newton-subspace-momentum": (LanczosNewton, dict(subspace_momentum=True, lanczos_steps=3)),
+    "saddle-free-subspace-momentum": (
+        LanczosSaddleFreeNewton,
+        dict(subspace_momentum=True, lanczos_steps=4),
+    ),
     # load_state_dict casts the cached bfloat16 basis to float64; the step casts it back.
     "bf16-basis-reused-across-the-checkpoint": (
         LanczosNewton,
