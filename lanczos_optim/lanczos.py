@@ -287,21 +287,30 @@ class _Recurrence:
         self._anorm = 0.0
         self._eps = torch.finfo(op.dtype).eps
 
-    def _step(self, j: int, v: Tensor, v_prev: Tensor) -> tuple[float, Tensor]:
-        r"""Step ``j``: append ``v``, return :math:`\beta_j` and the unnormalised residual."""
+    def _step(self, j: int, v: Tensor, v_prev: Tensor) -> tuple[float, Tensor, Tensor]:
+        r"""Step ``j``: append ``v``; return :math:`\beta_j`, the unnormalised residual and ``v``.
+
+        The returned ``v`` is the stored basis row when that holds ``v`` exactly, so the caller
+        keeps no copy of it as the next step's ``v_prev`` (only used elementwise and in the
+        symmetry check: a row's memory alignment can change the last bits of a dot product, so
+        ``v`` itself stays the caller's vector). The residual is updated in place: one ``[P]``
+        temporary at a time besides the product.
+        """
         op = self.op
-        self.basis.append(v)
+        row = self.basis.append(v)
         w = op.matvec(v)
         if w.shape != v.shape:
             raise ValueError(f"operator returned shape {tuple(w.shape)}; expected ({op.dim},).")
         w = w.to(op.dtype)
+        if w is v or w._base is not None:  # never update the operator's or the caller's vector
+            w = w.clone()
         alpha = float(torch.dot(v, w))
-        w = w - alpha * v
+        w.sub_(alpha * v)
         if j > 0:
             self.symmetry.compare(float(torch.dot(v_prev, w)), self.beta_prev, self._anorm, j)
-            w = w - self.beta_prev * v_prev
+            w.sub_(self.beta_prev * v_prev)
         if self.reorthogonalize:
-            w = self.basis.project_out(w)
+            w = self.basis.project_out(w, overwrite=True)
         beta = float(torch.linalg.vector_norm(w))
         self.alphas.append(alpha)
         self._anorm = max(self._anorm, abs(alpha) + beta + self.beta_prev)
@@ -311,7 +320,7 @@ class _Recurrence:
             )
         if self.callback is not None:
             self.callback(j + 1)
-        return beta, w
+        return beta, w, row if self.basis.exact_rows else v
 
     def _stops(self, j: int, beta: float) -> bool:
         """Whether the run ends after step ``j``: breakdown, or converged under ``tol``."""
@@ -327,11 +336,11 @@ class _Recurrence:
         """Run up to ``num_steps`` steps from the unit start vector ``v``."""
         v_prev = v
         for j in range(num_steps):
-            beta, w = self._step(j, v, v_prev)
+            beta, w, stored = self._step(j, v, v_prev)
             if self._stops(j, beta):
                 self.beta_prev = beta
                 return
             if j < num_steps - 1:
                 self.betas.append(beta)
             self.beta_prev = beta
-            v_prev, v = v, w / beta
+            v_prev, v = stored, w.div_(beta)
