@@ -541,8 +541,8 @@ def _single_run(
     """
     timed = as_matvec(timer.wrap(op.matvec), dim=op.dim, dtype=op.dtype, device=op.device)
     start = v if v0 is None else (None if isinstance(v0, str) else v0)
-    unit = _start_vector(start, op.dim, op.dtype, op.device, generator)
-    res, basis = _run(timed, unit, steps, check, **storage)
+    unit = [_start_vector(start, op.dim, op.dtype, op.device, generator)]
+    res, basis = _run(timed, unit, steps, check, **storage)  # _run takes the vector out
     record = {"weights": res.weights, "residuals": res.residuals}
     record |= {"num_products": res.num_steps, "breakdown": res.breakdown}
     record["residual_norm"] = res.residual_norm

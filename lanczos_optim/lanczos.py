@@ -209,10 +209,12 @@ def lanczos(
     op = as_matvec(operator, dim=dim, dtype=dtype, device=device)
     num_steps = check_lanczos_steps(num_steps, op.dim, name="num_steps")
     check = _residual_test(tol, stop_on, num_steps)
-    v = _start_vector(v0, op.dim, op.dtype, op.device, generator)
+    start = [_start_vector(v0, op.dim, op.dtype, op.device, generator)]
     if op.sync is not None:  # a distributed operator: every rank starts from rank 0's vector
-        v = op.sync(v)
-    res, basis = _run(op, v, num_steps, check, reorthogonalize, callback, basis_dtype, basis_device)
+        start = [op.sync(start[0])]
+    res, basis = _run(
+        op, start, num_steps, check, reorthogonalize, callback, basis_dtype, basis_device
+    )
     if compute_vectors:
         u = basis.combine(res.eigvecs_T)
         res.ritz_vectors = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
@@ -223,7 +225,7 @@ def lanczos(
 
 def _run(
     op: _MatVec,
-    v: Tensor,
+    start: list[Tensor],
     num_steps: int,
     check: ResidualTest | None,
     reorthogonalize: bool = True,
@@ -231,7 +233,11 @@ def _run(
     basis_dtype: torch.dtype | None = None,
     basis_device: torch.device | str | None = None,
 ) -> tuple[LanczosResult, LanczosBasis]:
-    """Up to ``num_steps`` steps from the unit vector ``v`` (stopped early by ``check``)."""
+    """Up to ``num_steps`` steps from the unit vector in ``start`` (stopped early by ``check``).
+
+    The vector is taken out of the one-element list ``start``, so that no caller keeps it
+    alive once the basis holds its copy.
+    """
     basis = LanczosBasis(
         num_steps,
         op.dim,
@@ -242,7 +248,7 @@ def _run(
     )
     symmetry = SymmetryCheck(op.dtype, basis_dtype)  # free: one dot product per step
     run = _Recurrence(op, basis, reorthogonalize, check, callback, symmetry)
-    run.iterate(v, num_steps)
+    run.iterate(start, num_steps)
     res = LanczosResult.from_tridiagonal(
         torch.tensor(run.alphas, dtype=torch.float64, device="cpu"),
         torch.tensor(run.betas[: len(run.alphas) - 1], dtype=torch.float64, device="cpu"),
@@ -332,9 +338,9 @@ class _Recurrence:
             return j + 1 >= self.check.min_steps and self.check.converged(beta)
         return False
 
-    def iterate(self, v: Tensor, num_steps: int) -> None:
-        """Run up to ``num_steps`` steps from the unit start vector ``v``."""
-        v_prev = v
+    def iterate(self, start: list[Tensor], num_steps: int) -> None:
+        """Run up to ``num_steps`` steps from the unit vector taken out of ``start``."""
+        v = v_prev = start.pop()
         for j in range(num_steps):
             beta, w, stored = self._step(j, v, v_prev)
             if self._stops(j, beta):

@@ -30,7 +30,6 @@ from lanczos_optim.optimizers import (
 from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
     _mean_over_ranks,
-    _world_size,
 )
 from lanczos_optim.optimizers.step_info import StepInfo
 from lanczos_optim.validation import CURVATURES, check_curvature, check_lanczos_steps
@@ -891,7 +890,7 @@ class _LanczosNewtonBase(Optimizer):
         norm = float(torch.linalg.vector_norm(update))
         if bound is not None and norm > bound:
             scale = bound / norm
-            update = update * scale
+            update.mul_(scale)
             norm = bound
         info.step_norm, info.step_scale = norm, scale
         if isinstance(hyper.lr, Tensor):  # per-group learning rates: no scalar quadratic model
@@ -1013,15 +1012,18 @@ def _mean_gradient(
 ) -> tuple[list[Tensor], Tensor]:
     """The gradients (averaged over ranks) and the flat gradient with weight decay.
 
+    The returned gradients are views into one flat buffer (the flat gradient itself without
+    weight decay), so the step keeps one gradient-sized buffer, not a flat copy besides.
+
     Raises:
         _SkipStep: When the gradient is not finite.
     """
-    if _world_size() > 1:  # data-parallel: the mean gradient over all ranks' batches
-        grads = unflatten_vector(_mean_over_ranks(flatten_tensors(grads)), live)
     with torch.no_grad():
-        flat_g = flatten_tensors(grads)
+        flat = _mean_over_ranks(flatten_tensors(grads))  # data-parallel: mean over ranks
+        grads = unflatten_vector(flat, live)
+        flat_g = flat
         if isinstance(weight_decay, Tensor) or weight_decay != 0.0:
-            flat_g = flat_g + weight_decay * flatten_tensors(live)
+            flat_g = flatten_tensors(live).mul_(weight_decay).add_(flat)  # flat + wd * params
         info.grad_norm = float(torch.linalg.vector_norm(flat_g))
     if not math.isfinite(info.grad_norm):
         raise _SkipStep("non-finite gradient")

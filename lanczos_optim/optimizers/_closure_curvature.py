@@ -46,8 +46,8 @@ class _ClosureCurvature:
         out = _mean_over_ranks(out)
         wd = self._wd
         if isinstance(wd, Tensor):  # per-group weight decay: one value per coordinate
-            return out + (wd if v.ndim == 1 else wd[:, None]) * v
-        return out + wd * v if wd != 0.0 else out
+            return out.add_((wd if v.ndim == 1 else wd[:, None]) * v)  # out is a new tensor
+        return out.add_(wd * v) if wd != 0.0 else out
 
     def matvec(self, v: Tensor) -> Tensor:
         with torch.enable_grad():
