@@ -883,7 +883,8 @@ class _LanczosNewtonBase(Optimizer):
         if hyper.momentum != 0.0:
             bufs = [self.state[p].get("momentum_buffer") for p in live]
             if all(b is not None for b in bufs):
-                direction = hyper.momentum * flatten_tensors(bufs) + solve.d  # type: ignore[arg-type]
+                # momentum * buffers + d, in the one new buffer
+                direction = flatten_tensors(bufs).mul_(hyper.momentum).add_(solve.d)  # type: ignore[arg-type]
         update = hyper.lr * direction
         scale = 1.0
         bound = group["max_step_norm"]
@@ -920,9 +921,9 @@ class _LanczosNewtonBase(Optimizer):
         for p, g, u in zip(live, grads, unflatten_vector(update, live), strict=True):
             p.grad = g
             p.sub_(u)
-        if hyper.momentum != 0.0:
-            for p, b in zip(live, unflatten_vector(direction, live), strict=True):
-                self.state[p]["momentum_buffer"] = b.clone()
+        if hyper.momentum != 0.0:  # views of the direction (never updated in place), no copy
+            for p, b in zip(live, unflatten_vector(direction.detach(), live), strict=True):
+                self.state[p]["momentum_buffer"] = b
         if solve.generator is not None:
             state["generator_state"] = solve.generator.get_state()
         _cache_basis(state, solve, index, refresh, int(self.param_groups[0]["update_every"]))

@@ -1,0 +1,91 @@
+"""Parameter-sized buffers alive during ``LanczosNewton.step``: the m x P basis plus a few.
+
+A ``TorchDispatchMode`` records every floating-point storage an operator creates during the
+step and when it dies (weak references to the tensors on it); the peak of the live bytes,
+in units of one float32 parameter vector (P floats), bounds the step's extra memory. The
+model is an MLP with P ~ 0.6 M parameters and a batch of 4, so activations and graph buffers
+are small against P and the count measures the optimiser's own P-sized buffers.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from lanczos_optim import LanczosNewton
+
+
+class _LiveStorage(TorchDispatchMode):
+    """Peak bytes of the floating-point storages created inside the mode and still alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, tuple[int, list[weakref.ref]]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _sweep(self) -> None:
+        for key in [k for k, (_, refs) in self._live.items() if all(r() is None for r in refs)]:
+            self.current -= self._live.pop(key)[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._sweep()
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key in self._live:
+                self._live[key][1].append(weakref.ref(t))
+            elif key not in inputs and storage.nbytes() > 0:  # not a view of an older tensor
+                self._live[key] = (storage.nbytes(), [weakref.ref(t)])
+                self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def _peak_buffers(**kwargs: object) -> tuple[float, int]:
+    """Peak live new storage during the second step, in P-float32 units, and ``m``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 768), nn.Tanh(), nn.Linear(768, 768), nn.Linear(768, 10))
+    x, y = torch.randn(4, 32), torch.randint(0, 10, (4,))
+    opt = LanczosNewton(model.parameters(), **kwargs)  # type: ignore[arg-type]
+
+    def closure() -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(x)
+        return nn.functional.cross_entropy(out, y), out
+
+    opt.step(closure)  # state (momentum buffers) exists before the measured step
+    mode = _LiveStorage()
+    with mode:
+        opt.step(closure)
+    size = 4 * sum(p.numel() for p in model.parameters())
+    return mode.peak / size, int(opt.param_groups[0]["lanczos_steps"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "extra"),
+    [
+        ({}, 4.5),  # gradient, v, w and one product output (plus its flat copy) at a time
+        ({"lanczos_steps": 10}, 4.5),
+        ({"curvature": "hessian"}, 6.0),  # the gradient's graph holds its own P-sized values
+        ({"weight_decay": 1e-2, "momentum": 0.9}, 6.5),  # flat gradient + decay, momentum
+    ],
+)
+def test_step_keeps_the_basis_and_a_few_parameter_sized_buffers(
+    kwargs: dict[str, object], extra: float
+) -> None:
+    peak, m = _peak_buffers(**kwargs)
+    assert peak >= m  # the basis is counted: the probe sees the step's buffers
+    assert peak <= m + extra, f"{peak:.2f} P-sized buffers at the peak, m = {m}"
