@@ -77,15 +77,24 @@ def _peak_buffers(**kwargs: object) -> tuple[float, int]:
 @pytest.mark.parametrize(
     ("kwargs", "extra"),
     [
-        ({}, 4.5),  # gradient, v, w and one product output (plus its flat copy) at a time
+        ({}, 4.5),  # gradient, v, and one product's output with its flat copy at a time
         ({"lanczos_steps": 10}, 4.5),
-        ({"curvature": "hessian"}, 6.0),  # the gradient's graph holds its own P-sized values
-        ({"weight_decay": 1e-2, "momentum": 0.9}, 6.5),  # flat gradient + decay, momentum
+        ({"curvature": "hessian"}, 6.0),  # the double backward's own weight-sized temporaries
+        ({"weight_decay": 1e-2, "momentum": 0.9}, 5.5),  # + gradient with decay, direction
     ],
 )
-def test_step_keeps_the_basis_and_a_few_parameter_sized_buffers(
+def test_fresh_basis_step_keeps_the_basis_and_a_few_parameter_sized_buffers(
     kwargs: dict[str, object], extra: float
 ) -> None:
     peak, m = _peak_buffers(**kwargs)
-    assert peak >= m  # the basis is counted: the probe sees the step's buffers
+    assert peak >= m  # the new basis is counted: the probe sees the step's buffers
     assert peak <= m + extra, f"{peak:.2f} P-sized buffers at the peak, m = {m}"
+
+
+@pytest.mark.parametrize("complement", ["augment", "rayleigh"])
+def test_reuse_step_adds_a_few_parameter_sized_buffers(complement: str) -> None:
+    # The second step reuses the first step's basis (already stored: not counted) and adds
+    # the gradient's complement to it with one product: gradient, complement, and the
+    # product's output with its flat copy.
+    peak, _ = _peak_buffers(update_every=3, reuse_complement=complement)
+    assert 1.0 <= peak <= 4.5, f"{peak:.2f} P-sized buffers at the peak"
