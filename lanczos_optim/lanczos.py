@@ -267,6 +267,17 @@ def _residual_test(tol: float | None, stop_on: str, num_steps: int) -> ResidualT
     return None if tol is None else ResidualTest(tol, stop_on, capacity=min(num_steps, 64))
 
 
+#: Entries per slice of an in-place elementwise update (256 KiB of float32).
+_SLICE = 2**16
+
+
+def _sub_scaled(w: Tensor, scale: float, x: Tensor) -> None:
+    """``w -= scale * x`` slice by slice: the values of ``w - scale * x``, no ``[P]`` temporary."""
+    for start in range(0, w.numel(), _SLICE):
+        stop = start + _SLICE
+        w[start:stop].sub_(scale * x[start:stop])
+
+
 class _Recurrence:
     r"""The Lanczos three-term recurrence with optional full reorthogonalisation.
 
@@ -293,16 +304,16 @@ class _Recurrence:
         self._anorm = 0.0
         self._eps = torch.finfo(op.dtype).eps
 
-    def _step(self, j: int, v: Tensor, v_prev: Tensor) -> tuple[float, Tensor, Tensor]:
-        r"""Step ``j``: append ``v``; return :math:`\beta_j`, the unnormalised residual and ``v``.
+    def _step(self, j: int, current: list[Tensor], v_prev: Tensor) -> tuple[float, Tensor, Tensor]:
+        r"""Step ``j`` on ``v`` taken out of ``current``: :math:`\beta_j`, residual, ``v_prev``.
 
-        The returned ``v`` is the stored basis row when that holds ``v`` exactly, so the caller
-        keeps no copy of it as the next step's ``v_prev`` (only used elementwise and in the
-        symmetry check: a row's memory alignment can change the last bits of a dot product, so
-        ``v`` itself stays the caller's vector). The residual is updated in place: one ``[P]``
-        temporary at a time besides the product.
+        The residual is unnormalised; the next step's ``v_prev`` is the stored basis row when it holds ``v`` exactly, so nothing keeps ``v`` once
+        the recurrence is done with it (the dot products still use ``v`` itself: a row's memory
+        alignment can change their last bits). The residual is updated in place, slice by
+        slice: no ``[P]`` temporary besides the product and the Gram-Schmidt correction.
         """
         op = self.op
+        v = current.pop()
         row = self.basis.append(v)
         w = op.matvec(v)
         if w.shape != v.shape:
@@ -311,10 +322,12 @@ class _Recurrence:
         if w is v or w._base is not None:  # never update the operator's or the caller's vector
             w = w.clone()
         alpha = float(torch.dot(v, w))
-        w.sub_(alpha * v)
+        _sub_scaled(w, alpha, v)
+        if self.basis.exact_rows:
+            v = row  # the caller's vector is no longer needed: freed here
         if j > 0:
             self.symmetry.compare(float(torch.dot(v_prev, w)), self.beta_prev, self._anorm, j)
-            w.sub_(self.beta_prev * v_prev)
+            _sub_scaled(w, self.beta_prev, v_prev)
         if self.reorthogonalize:
             w = self.basis.project_out(w, overwrite=True)
         beta = float(torch.linalg.vector_norm(w))
@@ -326,7 +339,7 @@ class _Recurrence:
             )
         if self.callback is not None:
             self.callback(j + 1)
-        return beta, w, row if self.basis.exact_rows else v
+        return beta, w, v
 
     def _stops(self, j: int, beta: float) -> bool:
         """Whether the run ends after step ``j``: breakdown, or converged under ``tol``."""
@@ -340,13 +353,16 @@ class _Recurrence:
 
     def iterate(self, start: list[Tensor], num_steps: int) -> None:
         """Run up to ``num_steps`` steps from the unit vector taken out of ``start``."""
-        v = v_prev = start.pop()
+        v_prev = start[0].new_empty(0)  # unused in step 0
+        current = [start.pop()]
         for j in range(num_steps):
-            beta, w, stored = self._step(j, v, v_prev)
+            beta, w, stored = self._step(j, current, v_prev)
             if self._stops(j, beta):
                 self.beta_prev = beta
                 return
             if j < num_steps - 1:
                 self.betas.append(beta)
             self.beta_prev = beta
-            v_prev, v = stored, w.div_(beta)
+            v_prev = stored
+            current.append(w.div_(beta))
+            del w
