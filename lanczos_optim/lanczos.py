@@ -307,10 +307,11 @@ class _Recurrence:
     def _step(self, j: int, current: list[Tensor], v_prev: Tensor) -> tuple[float, Tensor, Tensor]:
         r"""Step ``j`` on ``v`` taken out of ``current``: :math:`\beta_j`, residual, ``v_prev``.
 
-        The residual is unnormalised; the next step's ``v_prev`` is the stored basis row when it holds ``v`` exactly, so nothing keeps ``v`` once
-        the recurrence is done with it (the dot products still use ``v`` itself: a row's memory
-        alignment can change their last bits). The residual is updated in place, slice by
-        slice: no ``[P]`` temporary besides the product and the Gram-Schmidt correction.
+        The residual is unnormalised; the next step's ``v_prev`` is the stored basis row when
+        it holds ``v`` exactly, so nothing keeps ``v`` once the recurrence is done with it (the
+        dot products still use ``v`` itself: a row's memory alignment can change their last
+        bits). The residual is updated in place, slice by slice: no ``[P]`` temporary besides
+        the product and the Gram-Schmidt correction.
         """
         op = self.op
         v = current.pop()
