@@ -86,14 +86,17 @@ class _LazyFlat:
     def __init__(self, live: list[Tensor], dtype: torch.dtype, device: torch.device) -> None:
         self._live, self._dtype, self._device = live, dtype, device
         self._slots: list[Tensor] | None = None
+        self._filled = [False] * len(live)
         self.flat: Tensor | None = None
 
     def hook(self, i: int) -> Callable[[Tensor], Tensor | None]:
         """A gradient hook for parameter ``i``: store the gradient, hand its slice on instead."""
 
         def store(grad: Tensor) -> Tensor | None:
-            if grad.dtype != self._dtype or grad.requires_grad:
-                return None  # not a plain product of this parameter: left as it is
+            if grad.dtype != self._dtype or grad.requires_grad or self._filled[i]:
+                # not a plain product, or a second one (e.g. one per micro-batch, summed by
+                # the product): left as it is, and the product's result is flattened
+                return None
             if self._slots is None:
                 numel = sum(p.numel() for p in self._live)
                 self.flat = torch.empty(numel, dtype=self._dtype, device=self._device)
@@ -102,6 +105,7 @@ class _LazyFlat:
             if grad.shape != slot.shape:
                 return None
             slot.copy_(grad)
+            self._filled[i] = True
             return slot
 
         return store
