@@ -62,8 +62,15 @@ print(json.dumps({"peak": peak / 1024, "rise": (peak - base) / 1024, "params": p
 CONFIGS: tuple[tuple[str, str, dict, int, int], ...] = (
     ("SGD (momentum 0.9)", "SGD", {"lr": 0.1, "momentum": 0.9}, 0, 0),
     ("Adam", "Adam", {"lr": 1e-3}, 0, 0),
-    ("LanczosNewton defaults", "LanczosNewton", {}, 20, 4),
-    ("LanczosNewton(basis_dtype=bfloat16)", "LanczosNewton", {"basis_dtype": "bfloat16"}, 20, 2),
+    ("LanczosNewton defaults", "LanczosNewton", {}, 5, 4),
+    ("LanczosNewton(lanczos_steps=20)", "LanczosNewton", {"lanczos_steps": 20}, 20, 4),
+    (
+        "LanczosNewton(lanczos_steps=20, basis_dtype=bfloat16)",
+        "LanczosNewton",
+        {"lanczos_steps": 20, "basis_dtype": "bfloat16"},
+        20,
+        2,
+    ),
     (
         "LanczosNewton(lanczos_steps=5, update_every=5)",
         "LanczosNewton",

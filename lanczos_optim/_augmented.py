@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
+from lanczos_optim._dot64 import _dot64, _norm64, _squared_norm
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, _spectral_factors
 
 
@@ -72,25 +73,26 @@ def _augmented_solve(
     """
     view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
     qv = view.coordinates(v)
-    vnorm2 = float(torch.dot(v.double(), v.double()))
+    vnorm2 = _squared_norm(v)
     if extra is None:
-        r = v - view.combine(qv[:, None])[:, 0]
+        r = view.combine(qv[:, None])[:, 0].neg_().add_(v)  # v - Q^T Q v, in one buffer
     else:
         r = view.project_out(extra.to(device=v.device, dtype=v.dtype))
     qv64 = qv.to(device="cpu", dtype=torch.float64)
     share = min(1.0, float(qv64 @ qv64) / vnorm2) if vnorm2 > 0 else 1.0
-    rnorm = float(torch.linalg.vector_norm(r.double()))
-    scale = vnorm2**0.5 if extra is None else float(torch.linalg.vector_norm(extra.double()))
+    rnorm = _norm64(r)
+    scale = vnorm2**0.5 if extra is None else _norm64(extra)
     if vnorm2 == 0.0 or rnorm <= _complement_floor(v, basis) * scale:
+        del r
         return _solve_in_basis(
             ritz_values, basis, coordinates, damping, transform, v, in_span=in_span
         )
-    rhat = r / rnorm
+    rhat = r.div_(rnorm)  # r is this function's own buffer
     # v's coordinate on rhat, and (a momentum step from a basis v does not span) v's rest.
-    rv = rnorm if extra is None else float(torch.dot(rhat.double(), v.double()))
+    rv = rnorm if extra is None else _dot64(rhat, v)
     rest = None
     if extra is not None and not in_span:
-        rest = v - view.combine(qv[:, None])[:, 0] - rv * rhat
+        rest = view.combine(qv[:, None])[:, 0].neg_().add_(v).sub_(rv * rhat)
     t0 = time.perf_counter()
     cr = matvec(rhat)
     seconds = time.perf_counter() - t0
@@ -103,17 +105,19 @@ def _augmented_solve(
     a[:m, :m] = (s * theta) @ s.T
     if couple:
         a[:m, m] = a[m, :m] = view.coordinates(cr).to(device="cpu", dtype=torch.float64)
-    a[m, m] = float(torch.dot(rhat.double(), cr.double()))
+    a[m, m] = _dot64(rhat, cr)
+    del cr  # one [P] buffer less while d is formed
     phi, w = torch.linalg.eigh((a + a.T) / 2)
     c = w.T @ torch.cat([qv64, qv64.new_tensor([rv])])
     factors, clipped = _spectral_factors(phi, damping, transform)
     fc = factors * c
     y = (w @ fc).to(device=v.device, dtype=v.dtype)
-    d = view.combine(y[:m, None])[:, 0] + y[m] * rhat
+    d = view.combine(y[:m, None])[:, 0]
+    d += y[m] * rhat
     v_dot_d = float(fc @ c)
     if rest is not None:
-        d = d + rest / damping
-        v_dot_d += float(rest.double() @ rest.double()) / damping
+        d += rest / damping
+        v_dot_d += _squared_norm(rest) / damping
     info = KrylovSolveInfo(
         ritz_values=phi,
         weights=c * c / vnorm2,

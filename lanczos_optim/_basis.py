@@ -45,10 +45,21 @@ class LanczosBasis:
         basis._direct = data.dtype == dtype and data.device == torch.device(device)
         return basis
 
-    def append(self, v: Tensor) -> None:
-        """Store ``v`` as the next basis vector."""
-        self.data[self.size] = v.to(self.data.device, self.data.dtype)
+    def append(self, v: Tensor) -> Tensor:
+        """Store ``v`` as the next basis vector; return the stored row (a view of the basis).
+
+        When the storage is the compute dtype and device the row equals ``v`` exactly, so a
+        caller may keep the row instead of its own copy of ``v``.
+        """
+        row = self.data[self.size]
+        row.copy_(v)
         self.size += 1
+        return row
+
+    @property
+    def exact_rows(self) -> bool:
+        """Whether a stored row equals the appended vector exactly (same dtype and device)."""
+        return self._direct
 
     def get(self, j: int) -> Tensor:
         """Basis vector ``j`` in the compute dtype on the compute device."""
@@ -59,15 +70,16 @@ class LanczosBasis:
             stop = min(start + self._chunk, self.size)
             yield start, stop, self.data[start:stop].to(self.device, self.dtype)
 
-    def _project_once(self, w: Tensor) -> Tensor:
+    def _project_once(self, w: Tensor) -> None:
+        """``w -= V^T V w`` in place (one ``[P]`` temporary at a time)."""
         if self._direct:
             q = self.data[: self.size]
-            return w - q.T @ (q @ w)
+            w.sub_(q.T @ (q @ w))
+            return
         for _, _, q in self._chunks():
-            w = w - q.T @ (q @ w)
-        return w
+            w.sub_(q.T @ (q @ w))
 
-    def project_out(self, w: Tensor) -> Tensor:
+    def project_out(self, w: Tensor, *, overwrite: bool = False) -> Tensor:
         r"""Remove from ``w`` its components along the stored vectors.
 
         Classical Gram-Schmidt, repeated once when the first pass cancelled much of ``w``
@@ -75,11 +87,16 @@ class LanczosBasis:
         :math:`\|w'\| < \|w\| / \sqrt{2}`. In Lanczos the recurrence has already removed
         almost all of ``w``'s components, so the second pass (a full read of the basis) is
         rarely needed; with it "twice is enough" holds as before.
+
+        With ``overwrite`` the projection is written into ``w`` itself (no copy); otherwise
+        ``w`` is left unchanged and a new tensor is returned.
         """
         before = torch.linalg.vector_norm(w)
-        w = self._project_once(w)
+        if not overwrite:
+            w = w.clone()
+        self._project_once(w)
         if float(torch.linalg.vector_norm(w)) < _DGKS * float(before):
-            w = self._project_once(w)
+            self._project_once(w)
         return w
 
     def coordinates(self, w: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import get_gradient_edge
 
 from lanczos_optim._loss_hessian import hessian_vanishes, linear_loss_hessian
 
@@ -240,13 +241,16 @@ def gauss_newton_apply(
         outputs, params, grad_outputs=dummy, create_graph=True, allow_unused=True
     )
     live = [i for i, g in enumerate(jt_dummy) if g is not None and g.requires_grad]
+    # Only the graph of J^T u is needed, not its (parameter-sized) values: keep the edges.
+    edges = [get_gradient_edge(jt_dummy[i]) for i in live]  # type: ignore[arg-type]
+    del jt_dummy
 
     def apply(vs: Sequence[Tensor], batch: int | None) -> list[Tensor]:
         if not live:
             return _fill([None] * len(params), params, batch=batch)
         batched = batch is not None
         (jv,) = torch.autograd.grad(
-            [jt_dummy[i] for i in live],
+            edges,  # type: ignore[arg-type]
             dummy,
             grad_outputs=[vs[i] for i in live],
             retain_graph=True,

@@ -21,6 +21,7 @@ from torch import Tensor
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._convergence import SolveResidualTest, solve_residual, weighted_residual
+from lanczos_optim._dot64 import _squared_norm
 from lanczos_optim._linear_operator import _MatVec, as_matvec
 from lanczos_optim.lanczos import _run, _start_vector
 from lanczos_optim.validation import check_lanczos_steps
@@ -145,22 +146,25 @@ class KrylovSolveInfo:
 
 def _apply(
     basis: LanczosBasis, s: Tensor, factors: Tensor, damping: float, v: Tensor, *, in_span: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     r"""Return ``d``, the Ritz coefficients ``S^T Q v`` (float64) and the complement.
 
     The step is formed in the basis's coordinates, :math:`d = Q^\top S f S^\top Q v`, so the
     ``[P, m]`` Ritz vectors are never formed; the complement is :math:`v - Q^\top S S^\top Q v`.
     With ``in_span`` (the Krylov space was started from ``v``, so ``v`` lies in it exactly),
-    the complement is rounding noise and is set to zero rather than amplified by ``1/damping``.
+    the complement is rounding noise and is dropped (``None``) rather than amplified by
+    ``1/damping``.
     """
     coeffs = s.T @ basis.coordinates(v).to(device=s.device, dtype=s.dtype)
     fc = factors * coeffs
     if in_span:
         d = basis.combine((s @ fc)[:, None])[:, 0]
-        return d, coeffs, torch.zeros_like(v)
+        return d, coeffs, None
     both = basis.combine(torch.stack([s @ fc, s @ coeffs], dim=1))
     complement = v - both[:, 1]
-    return both[:, 0] + complement / damping, coeffs, complement
+    d = complement / damping
+    d += both[:, 0]  # the same sum as both[:, 0] + complement / damping, one buffer less
+    return d, coeffs, complement
 
 
 def _solve_in_basis(
@@ -187,9 +191,9 @@ def _solve_in_basis(
     view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
     d, c64, complement = _apply(view, s, factors, damping, v, in_span=in_span)
     if vnorm2 is None:
-        vnorm2 = float(torch.dot(v.double(), v.double()))
+        vnorm2 = _squared_norm(v)
     fc = factors * c64
-    r2 = float(complement.double() @ complement.double())
+    r2 = 0.0 if complement is None else _squared_norm(complement)
     empty = torch.zeros(0, dtype=torch.float64, device="cpu")
     info = KrylovSolveInfo(
         ritz_values=ritz_values,
@@ -474,7 +478,7 @@ def _check_operand(op: _MatVec, v: Tensor) -> float:
         )
     if op.dtype != v.dtype:
         raise ValueError(f"v has dtype {v.dtype} but the operator has dtype {op.dtype}.")
-    vnorm2 = float(torch.dot(v.double(), v.double()))
+    vnorm2 = _squared_norm(v)
     if not math.isfinite(vnorm2):
         raise ValueError("v has non-finite entries.")
     return vnorm2
@@ -537,8 +541,8 @@ def _single_run(
     """
     timed = as_matvec(timer.wrap(op.matvec), dim=op.dim, dtype=op.dtype, device=op.device)
     start = v if v0 is None else (None if isinstance(v0, str) else v0)
-    unit = _start_vector(start, op.dim, op.dtype, op.device, generator)
-    res, basis = _run(timed, unit, steps, check, **storage)
+    unit = [_start_vector(start, op.dim, op.dtype, op.device, generator)]
+    res, basis = _run(timed, unit, steps, check, **storage)  # _run takes the vector out
     record = {"weights": res.weights, "residuals": res.residuals}
     record |= {"num_products": res.num_steps, "breakdown": res.breakdown}
     record["residual_norm"] = res.residual_norm

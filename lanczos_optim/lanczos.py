@@ -209,10 +209,12 @@ def lanczos(
     op = as_matvec(operator, dim=dim, dtype=dtype, device=device)
     num_steps = check_lanczos_steps(num_steps, op.dim, name="num_steps")
     check = _residual_test(tol, stop_on, num_steps)
-    v = _start_vector(v0, op.dim, op.dtype, op.device, generator)
+    start = [_start_vector(v0, op.dim, op.dtype, op.device, generator)]
     if op.sync is not None:  # a distributed operator: every rank starts from rank 0's vector
-        v = op.sync(v)
-    res, basis = _run(op, v, num_steps, check, reorthogonalize, callback, basis_dtype, basis_device)
+        start = [op.sync(start[0])]
+    res, basis = _run(
+        op, start, num_steps, check, reorthogonalize, callback, basis_dtype, basis_device
+    )
     if compute_vectors:
         u = basis.combine(res.eigvecs_T)
         res.ritz_vectors = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
@@ -223,7 +225,7 @@ def lanczos(
 
 def _run(
     op: _MatVec,
-    v: Tensor,
+    start: list[Tensor],
     num_steps: int,
     check: ResidualTest | None,
     reorthogonalize: bool = True,
@@ -231,7 +233,11 @@ def _run(
     basis_dtype: torch.dtype | None = None,
     basis_device: torch.device | str | None = None,
 ) -> tuple[LanczosResult, LanczosBasis]:
-    """Up to ``num_steps`` steps from the unit vector ``v`` (stopped early by ``check``)."""
+    """Up to ``num_steps`` steps from the unit vector in ``start`` (stopped early by ``check``).
+
+    The vector is taken out of the one-element list ``start``, so that no caller keeps it
+    alive once the basis holds its copy.
+    """
     basis = LanczosBasis(
         num_steps,
         op.dim,
@@ -242,7 +248,7 @@ def _run(
     )
     symmetry = SymmetryCheck(op.dtype, basis_dtype)  # free: one dot product per step
     run = _Recurrence(op, basis, reorthogonalize, check, callback, symmetry)
-    run.iterate(v, num_steps)
+    run.iterate(start, num_steps)
     res = LanczosResult.from_tridiagonal(
         torch.tensor(run.alphas, dtype=torch.float64, device="cpu"),
         torch.tensor(run.betas[: len(run.alphas) - 1], dtype=torch.float64, device="cpu"),
@@ -259,6 +265,17 @@ def _residual_test(tol: float | None, stop_on: str, num_steps: int) -> ResidualT
     if stop_on not in STOP_ON:
         raise ValueError(f"stop_on must be one of {STOP_ON}; got {stop_on!r}.")
     return None if tol is None else ResidualTest(tol, stop_on, capacity=min(num_steps, 64))
+
+
+#: Entries per slice of an in-place elementwise update (256 KiB of float32).
+_SLICE = 2**16
+
+
+def _sub_scaled(w: Tensor, scale: float, x: Tensor) -> None:
+    """``w -= scale * x`` slice by slice: the values of ``w - scale * x``, no ``[P]`` temporary."""
+    for start in range(0, w.numel(), _SLICE):
+        stop = start + _SLICE
+        w[start:stop].sub_(scale * x[start:stop])
 
 
 class _Recurrence:
@@ -287,21 +304,33 @@ class _Recurrence:
         self._anorm = 0.0
         self._eps = torch.finfo(op.dtype).eps
 
-    def _step(self, j: int, v: Tensor, v_prev: Tensor) -> tuple[float, Tensor]:
-        r"""Step ``j``: append ``v``, return :math:`\beta_j` and the unnormalised residual."""
+    def _step(self, j: int, current: list[Tensor], v_prev: Tensor) -> tuple[float, Tensor, Tensor]:
+        r"""Step ``j`` on ``v`` taken out of ``current``: :math:`\beta_j`, residual, ``v_prev``.
+
+        The residual is unnormalised; the next step's ``v_prev`` is the stored basis row when
+        it holds ``v`` exactly, so nothing keeps ``v`` once the recurrence is done with it (the
+        dot products still use ``v`` itself: a row's memory alignment can change their last
+        bits). The residual is updated in place, slice by slice: no ``[P]`` temporary besides
+        the product and the Gram-Schmidt correction.
+        """
         op = self.op
-        self.basis.append(v)
+        v = current.pop()
+        row = self.basis.append(v)
         w = op.matvec(v)
         if w.shape != v.shape:
             raise ValueError(f"operator returned shape {tuple(w.shape)}; expected ({op.dim},).")
         w = w.to(op.dtype)
+        if w is v or w._base is not None:  # never update the operator's or the caller's vector
+            w = w.clone()
         alpha = float(torch.dot(v, w))
-        w = w - alpha * v
+        _sub_scaled(w, alpha, v)
+        if self.basis.exact_rows:
+            v = row  # the caller's vector is no longer needed: freed here
         if j > 0:
             self.symmetry.compare(float(torch.dot(v_prev, w)), self.beta_prev, self._anorm, j)
-            w = w - self.beta_prev * v_prev
+            _sub_scaled(w, self.beta_prev, v_prev)
         if self.reorthogonalize:
-            w = self.basis.project_out(w)
+            w = self.basis.project_out(w, overwrite=True)
         beta = float(torch.linalg.vector_norm(w))
         self.alphas.append(alpha)
         self._anorm = max(self._anorm, abs(alpha) + beta + self.beta_prev)
@@ -311,7 +340,7 @@ class _Recurrence:
             )
         if self.callback is not None:
             self.callback(j + 1)
-        return beta, w
+        return beta, w, v
 
     def _stops(self, j: int, beta: float) -> bool:
         """Whether the run ends after step ``j``: breakdown, or converged under ``tol``."""
@@ -323,15 +352,18 @@ class _Recurrence:
             return j + 1 >= self.check.min_steps and self.check.converged(beta)
         return False
 
-    def iterate(self, v: Tensor, num_steps: int) -> None:
-        """Run up to ``num_steps`` steps from the unit start vector ``v``."""
-        v_prev = v
+    def iterate(self, start: list[Tensor], num_steps: int) -> None:
+        """Run up to ``num_steps`` steps from the unit vector taken out of ``start``."""
+        v_prev = start[0].new_empty(0)  # unused in step 0
+        current = [start.pop()]
         for j in range(num_steps):
-            beta, w = self._step(j, v, v_prev)
+            beta, w, stored = self._step(j, current, v_prev)
             if self._stops(j, beta):
                 self.beta_prev = beta
                 return
             if j < num_steps - 1:
                 self.betas.append(beta)
             self.beta_prev = beta
-            v_prev, v = v, w / beta
+            v_prev = stored
+            current.append(w.div_(beta))
+            del w

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "optimizer_memory.py"
 
-pytestmark = pytest.mark.slow  # five small child processes, a few seconds each
+pytestmark = pytest.mark.slow  # six small child processes, a few seconds each
 
 
 def test_quick_run_reports_every_optimizer_with_a_goal(tmp_path: Path) -> None:
@@ -26,7 +26,8 @@ def test_quick_run_reports_every_optimizer_with_a_goal(tmp_path: Path) -> None:
         "SGD (momentum 0.9)",
         "Adam",
         "LanczosNewton defaults",
-        "LanczosNewton(basis_dtype=bfloat16)",
+        "LanczosNewton(lanczos_steps=20)",
+        "LanczosNewton(lanczos_steps=20, basis_dtype=bfloat16)",
         "LanczosNewton(lanczos_steps=5, update_every=5)",
     ]
     for row in rows:

@@ -30,7 +30,6 @@ from lanczos_optim.optimizers import (
 from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
     _mean_over_ranks,
-    _world_size,
 )
 from lanczos_optim.optimizers.step_info import StepInfo
 from lanczos_optim.validation import CURVATURES, check_curvature, check_lanczos_steps
@@ -884,14 +883,15 @@ class _LanczosNewtonBase(Optimizer):
         if hyper.momentum != 0.0:
             bufs = [self.state[p].get("momentum_buffer") for p in live]
             if all(b is not None for b in bufs):
-                direction = hyper.momentum * flatten_tensors(bufs) + solve.d  # type: ignore[arg-type]
+                # momentum * buffers + d, in the one new buffer
+                direction = flatten_tensors(bufs).mul_(hyper.momentum).add_(solve.d)  # type: ignore[arg-type]
         update = hyper.lr * direction
         scale = 1.0
         bound = group["max_step_norm"]
         norm = float(torch.linalg.vector_norm(update))
         if bound is not None and norm > bound:
             scale = bound / norm
-            update = update * scale
+            update.mul_(scale)
             norm = bound
         info.step_norm, info.step_scale = norm, scale
         if isinstance(hyper.lr, Tensor):  # per-group learning rates: no scalar quadratic model
@@ -921,9 +921,9 @@ class _LanczosNewtonBase(Optimizer):
         for p, g, u in zip(live, grads, unflatten_vector(update, live), strict=True):
             p.grad = g
             p.sub_(u)
-        if hyper.momentum != 0.0:
-            for p, b in zip(live, unflatten_vector(direction, live), strict=True):
-                self.state[p]["momentum_buffer"] = b.clone()
+        if hyper.momentum != 0.0:  # views of the direction (never updated in place), no copy
+            for p, b in zip(live, unflatten_vector(direction.detach(), live), strict=True):
+                self.state[p]["momentum_buffer"] = b
         if solve.generator is not None:
             state["generator_state"] = solve.generator.get_state()
         _cache_basis(state, solve, index, refresh, int(self.param_groups[0]["update_every"]))
@@ -1013,15 +1013,18 @@ def _mean_gradient(
 ) -> tuple[list[Tensor], Tensor]:
     """The gradients (averaged over ranks) and the flat gradient with weight decay.
 
+    The returned gradients are views into one flat buffer (the flat gradient itself without
+    weight decay), so the step keeps one gradient-sized buffer, not a flat copy besides.
+
     Raises:
         _SkipStep: When the gradient is not finite.
     """
-    if _world_size() > 1:  # data-parallel: the mean gradient over all ranks' batches
-        grads = unflatten_vector(_mean_over_ranks(flatten_tensors(grads)), live)
     with torch.no_grad():
-        flat_g = flatten_tensors(grads)
+        flat = _mean_over_ranks(flatten_tensors(grads))  # data-parallel: mean over ranks
+        grads = unflatten_vector(flat, live)
+        flat_g = flat
         if isinstance(weight_decay, Tensor) or weight_decay != 0.0:
-            flat_g = flat_g + weight_decay * flatten_tensors(live)
+            flat_g = flatten_tensors(live).mul_(weight_decay).add_(flat)  # flat + wd * params
         info.grad_norm = float(torch.linalg.vector_norm(flat_g))
     if not math.isfinite(info.grad_norm):
         raise _SkipStep("non-finite gradient")

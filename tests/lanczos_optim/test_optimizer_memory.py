@@ -1,0 +1,102 @@
+"""Parameter-sized buffers alive during ``LanczosNewton.step``: the m x P basis plus a few.
+
+A ``TorchDispatchMode`` records every floating-point storage an operator creates during the
+step and when it dies (weak references to the tensors on it); the peak of the live bytes,
+in units of one float32 parameter vector (P floats), bounds the step's extra memory. The
+model is an MLP of ten layers (P ~ 0.5 M parameters, none above an eighth of P) and a
+batch of 4, so activations and graph buffers are small against P and the count measures
+the optimiser's own P-sized buffers. On the code before issue 17's memory work every case
+here failed (m + 9 to m + 10 buffers at the peak of a fresh-basis step).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from lanczos_optim import LanczosNewton
+
+
+class _LiveStorage(TorchDispatchMode):
+    """Peak bytes of the floating-point storages created inside the mode and still alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, tuple[int, list[weakref.ref]]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _sweep(self) -> None:
+        for key in [k for k, (_, refs) in self._live.items() if all(r() is None for r in refs)]:
+            self.current -= self._live.pop(key)[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._sweep()
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key in self._live:
+                self._live[key][1].append(weakref.ref(t))
+            elif key not in inputs and storage.nbytes() > 0:  # not a view of an older tensor
+                self._live[key] = (storage.nbytes(), [weakref.ref(t)])
+                self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def _peak_buffers(**kwargs: object) -> tuple[float, int]:
+    """Peak live new storage during the second step, in P-float32 units, and ``m``."""
+    torch.manual_seed(0)
+    hidden = [m for _ in range(8) for m in (nn.Tanh(), nn.Linear(256, 256))]
+    model = nn.Sequential(nn.Linear(32, 256), *hidden, nn.Linear(256, 10))
+    x, y = torch.randn(4, 32), torch.randint(0, 10, (4,))
+    opt = LanczosNewton(model.parameters(), **kwargs)  # type: ignore[arg-type]
+
+    def closure() -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(x)
+        return nn.functional.cross_entropy(out, y), out
+
+    opt.step(closure)  # state (momentum buffers) exists before the measured step
+    mode = _LiveStorage()
+    with mode:
+        opt.step(closure)
+    size = 4 * sum(p.numel() for p in model.parameters())
+    return mode.peak / size, int(opt.param_groups[0]["lanczos_steps"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "extra"),
+    [
+        ({}, 3.5),  # the gradient, v and the product (or the Gram-Schmidt correction)
+        ({"lanczos_steps": 10}, 3.5),
+        ({"curvature": "hessian"}, 6.0),  # + the gradient's graph and its double backward
+        ({"weight_decay": 1e-2, "momentum": 0.9}, 5.5),  # + decayed gradient, d, update
+    ],
+)
+def test_fresh_basis_step_keeps_the_basis_and_a_few_parameter_sized_buffers(
+    kwargs: dict[str, object], extra: float
+) -> None:
+    peak, m = _peak_buffers(**kwargs)
+    assert peak >= m  # the new basis is counted: the probe sees the step's buffers
+    assert peak <= m + extra, f"{peak:.2f} P-sized buffers at the peak, m = {m}"
+
+
+@pytest.mark.parametrize("complement", ["augment", "rayleigh"])
+def test_reuse_step_adds_a_few_parameter_sized_buffers(complement: str) -> None:
+    # The second step reuses the first step's basis (already stored: not counted) and adds
+    # the gradient's complement to it with one product: gradient, complement, product.
+    peak, _ = _peak_buffers(update_every=3, reuse_complement=complement)
+    assert 1.0 <= peak <= 4.5, f"{peak:.2f} P-sized buffers at the peak"
