@@ -50,7 +50,8 @@ else:
     def closure():
         out = model(x)
         return nn.functional.cross_entropy(out, y), out
-    def step():
+    def step():  # the canonical closure loop: zero_grad, then step (as Adam's row)
+        opt.zero_grad()
         return opt.step(closure)
 losses = [float(step()) for _ in range(2)]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
