@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +44,27 @@ def device_trap() -> Callable[[], AbstractContextManager[None]]:
     would on a GPU: the device-placement tests use it to catch device mixing without a GPU.
     """
     return _meta_default_device
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_benchmark(tmp_path: Path) -> Callable[..., str]:
+    """Run ``benchmarks/<name>.py`` with ``args`` and ``--out`` in ``tmp_path``; its report's text.
+
+    The script runs in a child process from the repository root, as a user runs it; a failure
+    shows the end of its stderr.
+    """
+
+    def run(name: str, *args: str, timeout: float = 600) -> str:
+        out = tmp_path / f"{name}.md"
+        cmd = [sys.executable, str(_ROOT / "benchmarks" / f"{name}.py"), *args, "--out", str(out)]
+        env = {**os.environ, "PYTHONPATH": str(_ROOT)}
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, cwd=_ROOT, timeout=timeout
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return out.read_text()
+
+    return run

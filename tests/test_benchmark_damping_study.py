@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "damping_study.py"
 GRID = {"fixed 0.1", "fixed 0.3", "fixed 1 (default)", "fixed 3"}
 PROBLEMS = {"digits-mlp", "fashion-mlp", "fashion-cnn", "autoencoder"}
 
@@ -26,14 +21,8 @@ def _tables(text: str) -> list[list[list[str]]]:
     return tables
 
 
-def test_the_quick_run_writes_every_table(tmp_path: Path) -> None:
-    out = tmp_path / "damping_study.md"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, check=True, timeout=600,
-    )  # fmt: skip
-    text = out.read_text()
+def test_the_quick_run_writes_every_table(run_benchmark: Callable[..., str]) -> None:
+    text = run_benchmark("damping_study", "--quick")
     seed0, summary0, seed1, summary1, to_adam = _tables(text)
     assert len(seed0) == 4 * 9
     assert len(seed1) == 4 * 9

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "momentum.py"
+from collections.abc import Callable
 
 
-def test_the_quick_run_writes_every_row(tmp_path: Path) -> None:
-    out = tmp_path / "momentum.md"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, check=True, timeout=600,
-    )  # fmt: skip
-    rows = [line.strip("|").split("|") for line in out.read_text().splitlines()[4:]]
+def test_the_quick_run_writes_every_row(run_benchmark: Callable[..., str]) -> None:
+    text = run_benchmark("momentum", "--quick")
+    rows = [line.strip("|").split("|") for line in text.splitlines()[4:]]
     assert len(rows) == 3 * (2 + 2 + 1)  # three variants per (problem, damping)
     for problem, _, variant, train, held, ratio in rows:
         assert math.isfinite(float(train)), problem

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "optimizer_memory.py"
 
 pytestmark = pytest.mark.slow  # six small child processes, a few seconds each
 
 
-def test_quick_run_reports_every_optimizer_with_a_goal(tmp_path: Path) -> None:
-    out = tmp_path / "memory.md"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--batch", "8", "--out", str(out)]
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+def test_quick_run_reports_every_optimizer_with_a_goal(run_benchmark: Callable[..., str]) -> None:
+    text = run_benchmark("optimizer_memory", "--quick", "--batch", "8", timeout=300)
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
     names = [row.split(" | ")[0][2:] for row in rows]
     assert names == [
         "SGD (momentum 0.9)",
