@@ -113,10 +113,15 @@ def _one(name: str, prob: po.Problem, data: po.Data, label: str, seed: int) -> d
     }
 
 
+def _tuned(results: list[dict[str, Any]]) -> float:
+    """The tuned reference of one problem and seed: the fixed grid's best training loss."""
+    return min(r["train"] for r in results if r["label"] in GRID)
+
+
 def _rows(results: list[dict[str, Any]], name: str) -> list[str]:
     """The table's lines for one problem and seed."""
     base = next(r for r in results if r["label"] == DEFAULT)["seconds"]
-    tuned = min(r["train"] for r in results if r["label"] in GRID)
+    tuned = _tuned(results)
     return [
         f"| {name} | {r['label']} | {r['train']:.4g} | {r['held']:.4g} | {r['damping']:.3g} "
         f"| {100 * r['cut']:.0f} % | {r['seconds'] / base:.2f} | {r['train'] / tuned:.3f} |"
@@ -159,9 +164,10 @@ def _to_adam(results: list[dict[str, Any]], prob: po.Problem, data: po.Data) -> 
     return lines
 
 
-def _problem(name: str, prob: po.Problem, seeds: list[int], log: Any) -> dict[int, list]:
+def _problem(
+    name: str, prob: po.Problem, data: po.Data, seeds: list[int], log: Any
+) -> dict[int, list]:
     """Every row on every seed."""
-    data = po.load_data(prob)
     out: dict[int, list[dict[str, Any]]] = {}
     for seed in seeds:
         out[seed] = []
@@ -181,7 +187,7 @@ def _summary(tables: dict[str, dict[int, list]], seed: int) -> list[str]:
     for label in ROWS:
         ratios = []
         for results in tables.values():
-            tuned = min(r["train"] for r in results[seed] if r["label"] in GRID)
+            tuned = _tuned(results[seed])
             ratios += [r["train"] / tuned for r in results[seed] if r["label"] == label]
         if ratios:
             within = sum(x <= 1.10 for x in ratios)
@@ -198,12 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     started, seeds = time.perf_counter(), [0, *args.check_seeds]
     all_problems = po.problems(args.quick)
+    data = {name: po.load_data(prob) for name, prob in all_problems.items()}
     tables = {
-        name: _problem(name, prob, seeds, lambda msg: print(msg, flush=True))
+        name: _problem(name, prob, data[name], seeds, lambda msg: print(msg, flush=True))
         for name, prob in all_problems.items()
     }
     ae = all_problems["autoencoder"]
-    to_adam = _to_adam(tables["autoencoder"][0], ae, po.load_data(ae))
+    to_adam = _to_adam(tables["autoencoder"][0], ae, data["autoencoder"])
     lines = [
         f"# Damping study{' (--quick)' if args.quick else ''}",
         "",
