@@ -4,7 +4,7 @@ One LanczosNewton damping setting per row (lr 1, the other options at their defa
 damping 1 (the default), the fixed dampings 0.1, 0.3 and 3 (with 1, the grid of
 ``peers_optim``'s tuned LanczosNewton), ``adaptive_damping=True``, adaptive with
 ``max_step_norm=0.3``, adaptive with 20 Lanczos steps, fixed damping 1e-3 with 20 Lanczos steps,
-adaptive with both ``max_step_norm=0.3`` and 20 Lanczos steps, and three adaptive rows that
+adaptive with both ``max_step_norm=0.3`` and 20 Lanczos steps, and four adaptive rows that
 measure the reduction ratio on a second batch (``step(closure, rho_closure=...)``, see "Second
 batch" below), on the digits MLP, the Fashion-MNIST MLP and CNN and the deep autoencoder of
 ``benchmarks/peers_optim.py`` (its problems, data splits, initial weights and batch order:
@@ -16,9 +16,11 @@ the optimiser before and after the step. "ρ on a second batch": step t uses the
 a second stream over the training split, drawn exactly as ``train_run`` draws the training
 batches (a ``torch.randperm`` per epoch, a new one when fewer than a batch of indices remain)
 but from ``torch.Generator().manual_seed(2000 + seed)`` instead of ``1000 + seed``: independent
-of the step's batch (the two may share examples by chance). "ρ on the step's and a second
-batch": ``rho_closure`` returns the mean of the closure's loss (the step's batch) and that second
-batch's loss, the loss of the union of the two batches: its ratio sits between the optimistic
+of the step's batch (the two may share examples by chance). "ρ on the next batch": step t uses
+batch t + 1 of the training stream itself (the batch the next step trains on, what a loop that
+prefetches one batch has at hand). "ρ on the step's and a second batch": ``rho_closure``
+returns the mean of the closure's loss (the step's batch) and the second stream's batch's loss,
+the loss of the union of the two batches: its ratio sits between the optimistic
 same-batch one and the pessimistic second-batch one.
 
 Reported per row: the final training loss (whole training split), the held-out (test) loss, the
@@ -84,6 +86,7 @@ ROWS: dict[str, dict[str, Any]] = {
         "max_step_norm": 0.3,
         "rho": "second",
     },
+    "adaptive, ρ on the next batch": {"adaptive_damping": True, "rho": "next"},
     "adaptive, ρ on the step's and a second batch": {"adaptive_damping": True, "rho": "both"},
 }
 HEADER = [
@@ -109,11 +112,13 @@ class _Batches:
         return idx
 
 
-def _rho_source(prob: po.Problem, data: po.Data, seed: int) -> Any:
+def _rho_source(prob: po.Problem, data: po.Data, where: str, seed: int) -> Any:
     """``source(model)``: a callable returning each step's ``rho_closure`` (module docstring)."""
     xtr, ytr = data.train
     loss_fn = po._reconstruction if prob.autoencoder else po._ce
-    batches = _Batches(len(ytr), prob.batch, 2000 + seed)
+    batches = _Batches(len(ytr), prob.batch, (1000 if where == "next" else 2000) + seed)
+    if where == "next":
+        batches.next()  # the training stream's first batch: step t gets batch t + 1
 
     def source(model: torch.nn.Module) -> Any:
         def next_closure() -> Any:
@@ -174,7 +179,7 @@ def _mean_loss(first: Any, second: Any) -> Any:
 def _maker(made: list[_Recorded], rho_source: Any) -> po.Make:
     def make(params: Any, model: torch.nn.Module, **setting: Any) -> _Recorded:
         where = setting.pop("rho", None)
-        rho = rho_source(model) if where else None
+        rho = rho_source(where)(model) if where else None
         opt = _Recorded(params, rho, where == "both", **setting)
         if setting.get("adaptive_damping"):
             opt.attach(model)  # as build_optimizer does
@@ -188,7 +193,7 @@ def _one(name: str, prob: po.Problem, data: po.Data, label: str, seed: int) -> d
     """One row's run: its losses, dampings, extra forwards, trust-region share and step time."""
     made: list[_Recorded] = []
     setting = ROWS[label]
-    make = _maker(made, _rho_source(prob, data, seed))
+    make = _maker(made, lambda where: _rho_source(prob, data, where, seed))
     spec = po.Spec(label, make, [setting])
     every = 5 if prob.autoencoder else None
     run = po.train_run(prob, data, spec, po.Run(name, label, setting, seed, "seed"), every)
