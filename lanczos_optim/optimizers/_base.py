@@ -469,6 +469,31 @@ class _LanczosNewtonBase(Optimizer):
             RuntimeError: When neither protocol applies (no closure and no gradient graph, a
                 backward without ``create_graph``), when the closure breaks the protocol, or on
                 sparse gradients; ``adaptive_damping=True`` without a closure.
+
+        Example:
+            Adaptive damping with the reduction ratio measured on the union of the step's batch
+            and a second one from another loader (the mean of the two losses; on a second batch
+            alone the ratio is pessimistic: ``benchmarks/damping_study.py``):
+
+            >>> import math
+            >>> import torch
+            >>> from lanczos_optim import LanczosNewton
+            >>> _ = torch.manual_seed(0)
+            >>> model = torch.nn.Linear(4, 3)
+            >>> data = [(torch.randn(32, 4), torch.randint(0, 3, (32,))) for _ in range(6)]
+            >>> loader, second_loader = data[:3], data[3:]
+            >>> opt = LanczosNewton(model.parameters(), adaptive_damping=True)
+            >>> loss_fn = torch.nn.functional.cross_entropy
+            >>> for (x, y), (x2, y2) in zip(loader, second_loader):
+            ...     def closure():
+            ...         outputs = model(x)
+            ...         return loss_fn(outputs, y), outputs
+            ...     def rho_closure():
+            ...         return 0.5 * (closure()[0] + loss_fn(model(x2), y2))
+            ...     loss = opt.step(closure, rho_closure=rho_closure)
+            >>> info = opt.last_info  # the ratio and the damping it sets for the next step
+            >>> math.isfinite(info.rho), info.next_damping == opt.param_groups[0]["damping"]
+            (True, True)
         """
         _sub_batch.check(curvature_closure)
         sub = _sub_batch.in_callers_autocast(self._params[0].device, curvature_closure)

@@ -187,6 +187,37 @@ def test_groups_share_the_damping_and_a_new_group_gets_the_one_in_force():
 
 
 # ----------------------------------------------------------------------------- the extra forward
+@pytest.mark.parametrize("cls", CLASSES)
+def test_rho_closure_gives_the_closed_form_rho_of_the_second_quadratic(cls):
+    a, b = _quadratic()  # the step's "batch": f_a, whose model the step minimises
+    gen = torch.Generator().manual_seed(7)
+    m = torch.randn(P, P, generator=gen, dtype=F64)
+    a2, b2 = m @ m.T + torch.eye(P, dtype=F64), torch.randn(P, generator=gen, dtype=F64)
+
+    def f_a(v):
+        return 0.5 * v @ a @ v - b @ v
+
+    def f_b(v):  # the second "batch": another quadratic
+        return 0.5 * v @ a2 @ v - b2 @ v
+
+    w0 = torch.zeros(P, dtype=F64)
+    w = nn.Parameter(w0.clone())
+    opt = _exact(cls, w, damping=0.5)
+    opt.step(lambda: f_a(w), rho_closure=lambda: f_b(w))
+    # Ground truth: the damped Newton step on f_a (dense gradient and Hessian), its undamped
+    # model's decrease, and the actual decrease of f_b over that step.
+    g, h = torch.func.grad(f_a)(w0), torch.func.hessian(f_a)(w0)
+    d = torch.linalg.solve(h + 0.5 * torch.eye(P, dtype=F64), g)
+    predicted = float(g @ d - 0.5 * d @ h @ d)
+    rho = float(f_b(w0) - f_b(w0 - d)) / predicted
+    info = opt.last_info
+    assert torch.allclose(w.detach(), w0 - d, rtol=0, atol=1e-10)
+    assert info.predicted_decrease == pytest.approx(predicted, rel=1e-10)
+    assert info.rho == pytest.approx(rho, rel=1e-8)
+    assert abs(rho - 1.0) > 0.1  # f_a's own ratio is 1 (its model is exact): f_b's was used
+    assert info.next_damping == next_damping(0.5, rho, rho < 0)
+
+
 def test_rho_closure_is_used_before_and_after_the_step_instead_of_the_closure():
     model = _model()
     first, second = _batches()[:2]
