@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -13,15 +13,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lanczos_optim._augmented import _augmented_solve
-from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_product
-from lanczos_optim._outputs import select_outputs
+from lanczos_optim._graph_products import BatchedProduct
 from lanczos_optim._warm_start import _warm_solver
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
 from lanczos_optim.optimizers import (
     _amp,
     _damping,
-    _krylov_size,
     _param_groups,
     _protocols,
     _sub_batch,
@@ -31,17 +29,10 @@ from lanczos_optim.optimizers._closure_curvature import (
     _ClosureCurvature,
     _mean_over_ranks,
 )
+from lanczos_optim.optimizers._closure_protocol import Closure, ClosureProtocol
+from lanczos_optim.optimizers._gradients import GradientGraph
+from lanczos_optim.optimizers._hyperparameters import Hyper, validate
 from lanczos_optim.optimizers.step_info import StepInfo
-from lanczos_optim.validation import CURVATURES, check_curvature, check_lanczos_steps
-
-__all__ = ["CURVATURES", "KRYLOV_STARTS", "StepInfo"]
-
-#: Start vectors of the per-step Lanczos run.
-KRYLOV_STARTS = ("gradient", "random")
-#: Treatments of the new gradient's component outside a reused basis (``update_every > 1``).
-REUSE_COMPLEMENTS = ("damped", "augment", "rayleigh")
-
-Closure = Callable[[], Any]
 
 _CACHE_KEYS = (
     "krylov_basis",
@@ -53,7 +44,6 @@ _CACHE_KEYS = (
     "basis_params",
     "basis_age",
 )
-_FREED_GRAPH = "backward through the graph a second time"
 
 
 def _cpu64(values: Sequence[float]) -> Tensor:
@@ -61,106 +51,7 @@ def _cpu64(values: Sequence[float]) -> Tensor:
     return torch.tensor(values, dtype=torch.float64, device="cpu")
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _validate(name: str, hp: dict[str, Any]) -> None:
-    """Raise torch-style errors on invalid hyperparameters."""
-    lr, damping = hp["lr"], hp["damping"]
-    if not _is_number(lr) or lr < 0.0:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not _is_number(damping) or damping <= 0.0:
-        raise ValueError(f"Invalid damping value: {damping} (must be > 0)")
-    check_lanczos_steps(hp["lanczos_steps"])  # capped at P in krylov_solve
-    check_curvature(hp["curvature"])
-    wd = hp["weight_decay"]
-    if not _is_number(wd) or wd < 0.0:
-        raise ValueError(f"Invalid weight_decay value: {wd}")
-    mom = hp["momentum"]
-    if not _is_number(mom) or not 0.0 <= mom < 1.0:
-        raise ValueError(f"Invalid momentum value: {mom} (must be in [0, 1))")
-    if hp["krylov_start"] not in KRYLOV_STARTS:
-        raise ValueError(
-            f"Invalid krylov_start: {hp['krylov_start']!r}; expected one of {KRYLOV_STARTS}"
-        )
-    every = hp["update_every"]
-    if not _is_int(every) or every < 1:
-        raise ValueError(f"Invalid update_every value: {every} (must be an int >= 1)")
-    bound = hp["max_step_norm"]
-    if bound is not None and (not _is_number(bound) or bound <= 0.0):
-        raise ValueError(f"Invalid max_step_norm value: {bound} (must be None or > 0)")
-    seed = hp["seed"]
-    if seed is not None and (not _is_int(seed) or seed < 0):
-        raise ValueError(f"Invalid seed: {seed!r} (must be None or an int >= 0)")
-    block = hp["block_size"]
-    if not _is_int(block) or block < 1:
-        raise ValueError(f"Invalid block_size value: {block} (must be an int >= 1)")
-    _check_storage(hp["basis_dtype"], hp["basis_device"])
-    _damping.check_adaptive(hp)
-    _krylov_size.check_tol(hp)
-    _check_reuse(hp["reuse_complement"], hp["warm_start"])
-    _subspace.check(hp)
-
-
-def _check_reuse(complement: object, warm_start: object) -> None:
-    """Raise torch-style errors on an invalid ``reuse_complement`` or ``warm_start``."""
-    if complement not in REUSE_COMPLEMENTS:
-        raise ValueError(
-            f"Invalid reuse_complement: {complement!r}; expected one of {REUSE_COMPLEMENTS}"
-        )
-    if not isinstance(warm_start, bool):
-        raise ValueError(f"Invalid warm_start value: {warm_start!r} (must be a bool)")
-
-
-def _check_storage(dtype: object, device: object) -> None:
-    """Raise torch-style errors on an invalid ``basis_dtype`` or ``basis_device``."""
-    if dtype is not None and (
-        not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex
-    ):
-        raise ValueError(
-            f"Invalid basis_dtype: {dtype!r} (must be None or a real floating-point torch.dtype)"
-        )
-    if device is None or isinstance(device, torch.device):
-        return
-    try:
-        torch.device(device)  # type: ignore[call-overload]
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"Invalid basis_device: {device!r} (must be None, a torch.device or a device string)"
-        ) from None
-
-
-def _graph_leaves(root: Any, stop: Any = None) -> tuple[set[int], bool]:
-    """Ids of the leaf tensors reached from autograd node ``root``, not walking past ``stop``.
-
-    Returns the ids and whether ``stop`` was reached. Only reads the graph; computes nothing.
-    """
-    found: set[int] = set()
-    seen: set[Any] = set()
-    stack = [root]
-    reached_stop = False
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if stop is not None and node is stop:
-            reached_stop = True
-            continue
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            found.add(id(variable))
-            continue
-        stack.extend(fn for fn, _ in node.next_functions)
-    return found, reached_stop
-
-
-class _LanczosNewtonBase(Optimizer):
+class _LanczosNewtonBase(GradientGraph, ClosureProtocol, Optimizer):
     """Shared base of :class:`LanczosNewton` and :class:`LanczosSaddleFreeNewton`."""
 
     _transform: ClassVar[str] = "newton"
@@ -211,7 +102,7 @@ class _LanczosNewtonBase(Optimizer):
             "krylov_tol": krylov_tol,
             "subspace_momentum": subspace_momentum,
         }
-        _validate(type(self).__name__, defaults)
+        validate(type(self).__name__, defaults)
         self._recorder = _protocols.OutputRecorder()
         super().__init__(params, defaults)
         self.last_info: StepInfo | None = None
@@ -251,7 +142,7 @@ class _LanczosNewtonBase(Optimizer):
         _damping.inherit_damping(self.param_groups, param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _validate(name, group)
+        validate(name, group)
         _param_groups.check_shared(name, self.param_groups)
         params = self._params
         for p in group["params"]:
@@ -351,58 +242,6 @@ class _LanczosNewtonBase(Optimizer):
         else:  # follow torch.manual_seed without consuming the user's global random stream
             gen.manual_seed((torch.initial_seed() + 0x5EED) % 2**63)
         return gen
-
-    def _protocol_error(self, what: str) -> RuntimeError:
-        name = type(self).__name__
-        return RuntimeError(
-            f"{name}.step(closure): {what} The closure must only run the forward pass and "
-            "return the loss still attached to its graph (or (loss, outputs) with the model "
-            f"outputs for curvature='ggn'); {name} differentiates it and writes p.grad itself."
-        )
-
-    def _parse(self, ret: object, curvature: str) -> tuple[Tensor, Tensor | None]:
-        outputs = None
-        if isinstance(ret, (tuple, list)):
-            if len(ret) != 2:
-                raise self._protocol_error(
-                    f"the closure returned a {type(ret).__name__} of length {len(ret)}."
-                )
-            ret, outputs = ret
-        if not isinstance(ret, Tensor) or ret.ndim != 0 or not ret.is_floating_point():
-            got = (
-                f"a tensor of shape {tuple(ret.shape)}"
-                if isinstance(ret, Tensor)
-                else type(ret).__name__
-            )
-            raise self._protocol_error(f"the loss must be a scalar tensor; got {got}.")
-        if not ret.requires_grad or ret.grad_fn is None:
-            raise self._protocol_error(
-                "the loss has no autograd graph (was it detached, a .item(), or computed under "
-                "torch.no_grad()?)."
-            )
-        if curvature == "ggn":
-            if outputs is not None and not isinstance(outputs, Tensor):
-                outputs = self._select_outputs(outputs)
-            if outputs is None:
-                raise self._protocol_error(
-                    "curvature='ggn' needs the model outputs, but the closure returned only "
-                    "the loss: return (loss, outputs)."
-                )
-            if not isinstance(outputs, Tensor) or not outputs.requires_grad:
-                raise self._protocol_error(
-                    "the outputs must be the model's output tensor, attached to the graph of "
-                    "the loss."
-                )
-        return ret, outputs
-
-    def _select_outputs(self, outputs: object) -> Tensor:
-        """The logits of dict-like outputs (a ``ModelOutput``); other structures are refused."""
-        try:
-            return select_outputs(outputs, None, need_tensor=True, who=type(self).__name__, fix="")
-        except TypeError as err:
-            raise self._protocol_error(
-                f"{err} Return (loss, logits) with the tensor the loss was computed from."
-            ) from err
 
     def _warn_once_no_gradient(self) -> None:
         if not getattr(self, "_warned_no_gradient", False):
@@ -513,7 +352,7 @@ class _LanczosNewtonBase(Optimizer):
         _param_groups.check_shared(type(self).__name__, self.param_groups)
         _param_groups.warn_scheduled_momentum(self, self.param_groups)
         adaptive = _damping.AdaptiveStep.start(self, closure, rho_closure)
-        hyper = _Hyper.of(group)
+        hyper = Hyper.of(group)
         use_ggn = group["curvature"] == "ggn"
         loss, outputs, backward, t_closure = self._run_closure(closure, group["curvature"])
         if adaptive is not None:
@@ -580,197 +419,7 @@ class _LanczosNewtonBase(Optimizer):
         self.last_info = info
         return None if loss is None else loss.detach()
 
-    # ------------------------------------------------------------------ phase 1: the closure
-    def _run_closure(self, closure: Closure | None, curvature: str) -> _Evaluated:
-        """Run the closure in grad mode; return its loss, outputs, backward graph and end time.
-
-        The backward protocol (no closure, or a closure that ran ``backward(create_graph=True)``)
-        gives the gradients with their graph instead of outputs. Raises the protocol errors.
-        """
-        params = self._params
-        if closure is None:
-            backward = _protocols.gradients_with_graph(params)
-            if backward is None:
-                raise self._no_graph_error(any(p.grad is not None for p in params))
-            return _Evaluated(None, None, backward, time.perf_counter())
-        self._refuse_closure_with(curvature)
-        candidates = [p for p in params if p.requires_grad]
-        before = [(p.grad, p.grad._version if p.grad is not None else 0) for p in candidates]
-        seen = len(self._recorder.records)
-        self._in_closure = True
-        try:
-            with torch.enable_grad():
-                ret = closure()
-        finally:
-            self._in_closure = False
-        t_closure = time.perf_counter()
-        if _protocols.changed_gradients(candidates, before):
-            backward = _protocols.gradients_with_graph(params)
-            if backward is None:
-                raise self._protocol_error(
-                    "the closure already called backward() without create_graph=True: "
-                    f"{_protocols.CREATE_GRAPH_FIX}."
-                )
-            return _Evaluated(_protocols.returned_loss(ret), None, backward, t_closure)
-        recorded = self._recorder.last_outputs(seen)
-        if isinstance(ret, Tensor) and curvature == "ggn" and recorded is not None:
-            ret = (ret, recorded)  # the outputs of the attached model (attach())
-        loss, outputs = self._parse(ret, curvature)
-        scale = _amp.scaler_scale_of(loss)
-        if scale is not None:
-            raise self._protocol_error(
-                f"the closure returned a loss scaled by a GradScaler (scale {scale}): return the "
-                f"unscaled loss ({_amp.BF16_HINT})."
-            )
-        return _Evaluated(loss, outputs, None, t_closure)
-
-    def _refuse_closure_with(self, curvature: str) -> None:
-        """Refuse what the closure protocol cannot do: GradScaler, accumulation (Accelerate)."""
-        name = type(self).__name__
-        if _amp.grad_scaler_state(self) is not None:
-            raise RuntimeError(
-                f"{name}.step(closure) under a GradScaler: {_amp.BF16_HINT}; or use the backward "
-                "protocol (scaler.scale(loss).backward(create_graph=True); scaler.step(opt))."
-            )
-        steps = _protocols.accumulation_steps()
-        if steps > 1:
-            raise RuntimeError(
-                f"{name}.step(closure) with Accelerate's gradient_accumulation_steps={steps}: "
-                "the skipped batches never reach the closure; use accelerator.backward(loss, "
-                "create_graph=True) and optimizer.step() without a closure."
-            )
-
-    def _no_graph_error(self, has_grads: bool) -> RuntimeError:
-        name = type(self).__name__
-        if has_grads:
-            return RuntimeError(
-                f"{name}.step() found gradients without a graph, so no curvature: "
-                f"{_protocols.CREATE_GRAPH_FIX}."
-            )
-        return RuntimeError(
-            f"{name}.step() requires a closure that runs the forward pass and returns the loss "
-            "(or (loss, outputs) for curvature='ggn'), e.g. optimizer.step(closure), or "
-            "gradients from loss.backward(create_graph=True) before step()."
-        )
-
-    def _loss_scale(self, backward: _protocols.BackwardGraph | None) -> float | None:
-        """The GradScaler's scale in the backward protocol (1 without); None: skip (inf found)."""
-        scaler = _amp.grad_scaler_state(self)
-        if scaler is None or backward is None:
-            return 1.0
-        grad_scale, found_inf = scaler
-        if grad_scale is None:
-            raise RuntimeError(
-                f"{type(self).__name__}: scaler.unscale_(optimizer) before step() unscales p.grad "
-                f"but not its graph; clip with max_step_norm instead, or {_amp.BF16_HINT}."
-            )
-        if found_inf is not None and float(found_inf) > 0:
-            return None
-        return float(grad_scale)
-
-    def _live_parameters(
-        self, loss: Tensor, outputs: Tensor | None, use_ggn: bool
-    ) -> tuple[list[int], set[int], Any]:
-        """Indices of the parameters that receive a gradient, and those the loss reaches directly.
-
-        Found by reading (not running) the graph; "directly" means not via the outputs. The
-        third item is the autograd edge the outputs were cast from (``out.float()`` returned,
-        the loss computed from ``out``; bf16 autocast), else None.
-        """
-        stop = outputs.grad_fn if use_ggn and outputs is not None else None
-        direct, reached_outputs = _graph_leaves(loss.grad_fn, stop)
-        source = _amp.cast_source(outputs) if stop is not None and not reached_outputs else None
-        if source is not None:
-            direct, reached_outputs = _graph_leaves(loss.grad_fn, source.node)
-            source = source if reached_outputs else None
-        via_outputs: set[int] = set()
-        if use_ggn:
-            if stop is not None and not reached_outputs:
-                raise self._protocol_error(
-                    "the loss was not computed from the outputs the closure returned."
-                    + _amp.cast_hint(outputs)  # type: ignore[arg-type]
-                )
-            via_outputs = _graph_leaves(stop)[0] if stop is not None else {id(outputs)}
-        reached = direct | via_outputs
-        index = [i for i, p in enumerate(self._params) if p.requires_grad and id(p) in reached]
-        return index, direct, source
-
     # ------------------------------------------------------------------ phase 2: the basis
-    def _differentiate(
-        self,
-        loss: Tensor,
-        outputs: Tensor | None,
-        live: list[Tensor],
-        direct: set[int],
-        refresh: bool,
-        use_ggn: bool,
-        source: Any = None,
-    ) -> tuple[list[Tensor], BatchedProduct | None]:
-        """The gradient of ``live``, and the curvature product when a fresh basis is due."""
-        product: BatchedProduct | None = None
-        try:
-            with torch.enable_grad():
-                compiled = self._recorder.compiled_record(outputs) if use_ggn else None
-                if refresh and compiled is not None:  # torch.compile: eager Jacobian products
-                    grads, product = _protocols.compiled_ggn(loss, compiled, live)
-                elif refresh and source is not None:  # outputs cast after the loss (autocast)
-                    grads, product = _amp.cast_ggn(loss, outputs, source, live)  # type: ignore[arg-type]
-                elif refresh and use_ggn:
-                    grads, product = ggn_product(loss, outputs, live)  # type: ignore[arg-type]
-                    if any(id(p) in direct for p in live):
-                        # The loss also depends on parameters directly (not via the outputs),
-                        # e.g. a penalty in the closure: take its full gradient.
-                        full = torch.autograd.grad(loss, live, retain_graph=True, allow_unused=True)
-                        grads = [
-                            g if g is not None else torch.zeros_like(p)
-                            for g, p in zip(full, live, strict=True)
-                        ]
-                elif refresh:
-                    grads, product = hessian_product(loss, live)
-                else:
-                    full = torch.autograd.grad(loss, live, allow_unused=True)
-                    grads = [
-                        torch.zeros_like(p) if g is None else g
-                        for g, p in zip(full, live, strict=True)
-                    ]
-        except RuntimeError as err:
-            if _FREED_GRAPH in str(err):
-                raise self._protocol_error("the closure already called backward().") from err
-            raise
-        if any(g.is_sparse for g in grads):
-            raise RuntimeError(
-                f"{type(self).__name__} does not support sparse gradients (e.g. "
-                "nn.Embedding(sparse=True)); use dense gradients."
-            )
-        return grads, product
-
-    def _from_backward(
-        self,
-        backward: _protocols.BackwardGraph,
-        live: list[Tensor],
-        refresh: bool,
-        use_ggn: bool,
-        scale: float,
-    ) -> tuple[list[Tensor], BatchedProduct | None]:
-        """The gradient in ``p.grad`` and the curvature from its graph (backward protocol)."""
-        grads = [g.detach() if scale == 1.0 else g.detach() / scale for g in backward.grads]
-        if any(g.is_sparse for g in grads):
-            raise RuntimeError(
-                f"{type(self).__name__} does not support sparse gradients (e.g. "
-                "nn.Embedding(sparse=True)); use dense gradients."
-            )
-        if not refresh:
-            return grads, None
-        if not use_ggn:
-            return grads, backward.hessian(live, scale)
-        records = self._recorder.take()
-        if not records:
-            raise RuntimeError(
-                f"{type(self).__name__}: curvature='ggn' in the backward protocol needs the model "
-                "outputs: call optimizer.attach(model) once, or use curvature='hessian'."
-            )
-        return grads, backward.ggn(records, live, scale)
-
     def _solve(
         self,
         group: dict[str, Any],
@@ -779,7 +428,7 @@ class _LanczosNewtonBase(Optimizer):
         live: list[Tensor],
         flat_g: Tensor,
         refresh: bool,
-        hyper: _Hyper,
+        hyper: Hyper,
         info: StepInfo,
     ) -> _Solve:
         """The damped Newton direction ``d`` in a fresh Lanczos basis or in the cached one."""
@@ -899,7 +548,7 @@ class _LanczosNewtonBase(Optimizer):
         solve: _Solve,
         live: list[Tensor],
         group: dict[str, Any],
-        hyper: _Hyper,
+        hyper: Hyper,
         info: StepInfo,
     ) -> tuple[Tensor, Tensor]:
         """The update ``lr * direction`` (shortened to ``max_step_norm``) and the direction."""
@@ -936,7 +585,7 @@ class _LanczosNewtonBase(Optimizer):
         solve: _Solve,
         index: list[int],
         refresh: bool,
-        hyper: _Hyper,
+        hyper: Hyper,
     ) -> None:
         """Write the step: gradients, parameters, momentum, generator, basis cache, counter.
 
@@ -962,47 +611,6 @@ class _LanczosNewtonBase(Optimizer):
 
 class _SkipStep(Exception):
     """A fault (non-finite gradient or curvature) that skips the step: nothing is written."""
-
-
-class _Evaluated(NamedTuple):
-    """What phase 1 found: the loss, the outputs, the backward graph, when the closure ended."""
-
-    loss: Tensor | None
-    outputs: Tensor | None
-    backward: _protocols.BackwardGraph | None
-    t_closure: float
-
-
-class _Hyper(NamedTuple):
-    """The group's hyperparameters, read once at the start of a step.
-
-    ``lr`` and ``weight_decay`` become flat per-coordinate vectors when the parameter groups
-    of the live parameters differ in them (see :meth:`per_parameter`).
-    """
-
-    lr: float | Tensor
-    damping: float
-    weight_decay: float | Tensor
-    momentum: float
-
-    def per_parameter(
-        self, groups: list[dict[str, Any]], index: list[int], live: list[Tensor]
-    ) -> _Hyper:
-        """The same with each live parameter's own group ``lr`` and ``weight_decay``."""
-        if len(groups) == 1:
-            return self
-        lr = _param_groups.per_coordinate(groups, "lr", index, live)
-        wd = _param_groups.per_coordinate(groups, "weight_decay", index, live)
-        return self._replace(lr=lr, weight_decay=wd)
-
-    @classmethod
-    def of(cls, group: dict[str, Any]) -> _Hyper:
-        return cls(
-            float(group["lr"]),
-            float(group["damping"]),
-            float(group["weight_decay"]),
-            float(group["momentum"]),
-        )
 
 
 class _Solve(NamedTuple):

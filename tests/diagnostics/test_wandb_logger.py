@@ -141,7 +141,7 @@ def test_edge_of_stability_warns_once(wandb_dir):
     logger = WandbLogger(mode="offline", eos_threshold=1.8)
     model = nn.Linear(2, 2)
     opt = LanczosNewton(model.parameters(), lr=1.0)
-    from lanczos_optim.optimizers._base import StepInfo
+    from lanczos_optim.optimizers import StepInfo
 
     def step(n: int, top: float) -> TrainingStep:
         info = StepInfo(  # no damping: a plain gradient step, whose scale is lambda_max
@@ -218,7 +218,7 @@ def _summary(run_file: Path) -> dict:
 
 
 def test_negative_mass_headline_leaves_out_the_ritz_value_nearest_zero(wandb_dir):
-    from lanczos_optim.optimizers._base import StepInfo
+    from lanczos_optim.optimizers import StepInfo
 
     # The case: 74 % of the mass on one Ritz value at -0.0043.
     info = StepInfo(
