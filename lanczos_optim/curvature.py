@@ -63,7 +63,7 @@ from lanczos_optim._loss_hessian import output_hessian_product
 from lanczos_optim._loss_weights import BatchWeights
 from lanczos_optim._model_state import curvature_mode
 from lanczos_optim.operators import CurvatureOperator, GGNOperator, HessianOperator
-from lanczos_optim.operators._base import LossFn, check_data, iterate_batches, select_params
+from lanczos_optim.operators._data import LossFn, check_data, iterate_batches, select_params
 from lanczos_optim.validation import CURVATURES, check_bn_mode, check_curvature
 
 __all__ = [
