@@ -52,6 +52,7 @@ def _augmented_solve(
     couple: bool = True,
     extra: Tensor | None = None,
     in_span: bool = False,
+    keep_vector: bool = True,
 ) -> tuple[Tensor, KrylovSolveInfo]:
     r"""The step in ``span(Q, r)`` for a reused basis ``(Q, S, theta)``; see the module docstring.
 
@@ -67,6 +68,11 @@ def _augmented_solve(
     :math:`\mathrm{span}(Q)` (a run started from ``v``), otherwise the rest of ``v`` outside
     :math:`\mathrm{span}(Q, \hat r)` gets the step :math:`1/\delta`, as in
     :func:`~lanczos_optim.krylov._solve_in_basis`.
+
+    The info keeps the complement's unit vector :math:`\hat r` (``[P]``) for its
+    :meth:`~lanczos_optim.krylov.KrylovSolveInfo.apply` and ``ritz_vectors``; without
+    ``keep_vector`` (the optimisers, which read only the info's scalars) it is freed on
+    return and those two raise.
 
     Raises:
         FloatingPointError: If the product is not finite.
@@ -113,11 +119,11 @@ def _augmented_solve(
     fc = factors * c
     y = (w @ fc).to(device=v.device, dtype=v.dtype)
     d = view.combine(y[:m, None])[:, 0]
-    d += y[m] * rhat
+    _add_scaled(d, y[m], rhat)
     v_dot_d = float(fc @ c)
     if rest is not None:
-        d += rest / damping
         v_dot_d += _squared_norm(rest) / damping
+        d += rest.div_(damping)  # rest is this function's own buffer
     info = KrylovSolveInfo(
         ritz_values=phi,
         weights=c * c / vnorm2,
@@ -137,6 +143,17 @@ def _augmented_solve(
         _in_span=rest is None,
         _dtype=v.dtype,
         _device=v.device,
-        _extra=rhat,
+        _extra=rhat if keep_vector else None,
     )
     return d, info
+
+
+#: Entries per slice of an in-place update (256 KiB of float32).
+_SLICE = 2**16
+
+
+def _add_scaled(d: Tensor, scale: Tensor, x: Tensor) -> None:
+    """``d += scale * x`` slice by slice: the values of ``d + scale * x``, no ``[P]`` temporary."""
+    for start in range(0, d.numel(), _SLICE):
+        stop = start + _SLICE
+        d[start:stop] += scale * x[start:stop]

@@ -101,7 +101,8 @@ class KrylovSolveInfo:
     _dtype: torch.dtype = field(default=torch.float64, repr=False)
     _device: torch.device = field(default=torch.device("cpu"), repr=False)
     #: A unit vector appended to ``basis`` (the augmented reuse step of the optimisers):
-    #: ``coordinates`` then has one row more than ``basis``.
+    #: ``coordinates`` then has one row more than ``basis``. ``None`` with such
+    #: ``coordinates`` when the vector was not kept (:meth:`apply` then raises).
     _extra: Tensor | None = field(default=None, repr=False)
 
     def predicted_decrease(self, lr: float = 1.0) -> float:
@@ -121,12 +122,21 @@ class KrylovSolveInfo:
         Formed on each access (an ``m x P`` matrix, as large as the basis); the solve itself
         never forms them.
         """
+        self._check_extra()
         m = self.basis.shape[0]
         u = self._view().combine(self.coordinates[:m])
         if self._extra is not None:
             extra = self._extra.to(device=u.device, dtype=u.dtype)
             u = u + extra[:, None] * self.coordinates[m:].to(device=u.device, dtype=u.dtype)
         return u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
+
+    def _check_extra(self) -> None:
+        """Raise when the appended unit vector was not kept (an optimiser's reuse step)."""
+        if self._extra is None and self.coordinates.shape[0] > self.basis.shape[0]:
+            raise RuntimeError(
+                "this solve's complement vector was not kept (an optimiser's reuse step keeps "
+                "only the step's scalars); the basis alone cannot apply it."
+            )
 
     def _view(self) -> LanczosBasis:
         return LanczosBasis.of(self.basis, dtype=self._dtype, device=self._device)
@@ -137,6 +147,7 @@ class KrylovSolveInfo:
         .. math::
             d = Q^\top S\, f(\Theta)\, S^\top Q v + \frac{1}{\delta}\,(v - Q^\top S S^\top Q v)
         """
+        self._check_extra()
         data = self.basis
         if self._extra is not None:  # the augmented basis, formed for this one product
             data = torch.cat([data.to(v.device, v.dtype), self._extra.to(v.device, v.dtype)[None]])

@@ -857,7 +857,15 @@ class _LanczosNewtonBase(Optimizer):
             try:
                 couple = mode == "augment"
                 d, kinfo = _augmented_solve(
-                    theta, q, s, damping, self._transform, flat_g, op.matvec, couple=couple
+                    theta,
+                    q,
+                    s,
+                    damping,
+                    self._transform,
+                    flat_g,
+                    op.matvec,
+                    couple=couple,
+                    keep_vector=False,  # only the info's scalars are read: r-hat freed here
                 )
             except FloatingPointError:
                 raise _SkipStep("non-finite curvature") from None
