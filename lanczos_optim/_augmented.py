@@ -31,7 +31,9 @@ from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._dot64 import _dot64, _norm64, _squared_norm
+from lanczos_optim._finite import _all_finite
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, _spectral_factors
+from lanczos_optim.lanczos import _sub_scaled
 
 
 def _complement_floor(v: Tensor, basis: Tensor) -> float:
@@ -98,11 +100,12 @@ def _augmented_solve(
     rv = rnorm if extra is None else _dot64(rhat, v)
     rest = None
     if extra is not None and not in_span:
-        rest = view.combine(qv[:, None])[:, 0].neg_().add_(v).sub_(rv * rhat)
+        rest = view.combine(qv[:, None])[:, 0].neg_().add_(v)
+        _sub_scaled(rest, rv, rhat)
     t0 = time.perf_counter()
     cr = matvec(rhat)
     seconds = time.perf_counter() - t0
-    if not bool(torch.isfinite(cr).all()):
+    if not _all_finite(cr):
         raise FloatingPointError("the curvature product of the complement is not finite.")
     s = coordinates.to(device="cpu", dtype=torch.float64)
     theta = ritz_values.to(device="cpu", dtype=torch.float64)

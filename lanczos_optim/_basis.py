@@ -154,6 +154,23 @@ class LanczosBasis:
                 out[lo:hi] += self._converted(start, stop, lo, hi).T @ c[start:stop]
         return out
 
+    def add_combination(self, out: Tensor, coefficients: Tensor) -> None:
+        """``out += V^T c`` for a ``[size]`` vector ``c``, block by block of columns.
+
+        The values are those of ``out += self.combine(c[:, None])[:, 0]`` (each entry sums the
+        same products in the same order) without its ``[P]`` result.
+        """
+        c = coefficients.to(self.device, self.dtype)
+        rows = self.size if self._direct else self._chunk
+        for lo, hi in self._columns(rows):
+            if self._direct:
+                out[lo:hi] += self.data[: self.size, lo:hi].T @ c
+                continue
+            part = torch.zeros(hi - lo, dtype=self.dtype, device=self.device)
+            for start, stop in self._groups():
+                part += self._converted(start, stop, lo, hi).T @ c[start:stop]
+            out[lo:hi] += part
+
     def tensor(self) -> Tensor:
         """The stored ``[size, P]`` basis (in its storage dtype and device)."""
         return self.data[: self.size]

@@ -22,6 +22,7 @@ from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._convergence import SolveResidualTest, solve_residual, weighted_residual
 from lanczos_optim._dot64 import _squared_norm
+from lanczos_optim._finite import _all_finite
 from lanczos_optim._linear_operator import _MatVec, as_matvec
 from lanczos_optim.lanczos import _run, _start_vector
 from lanczos_optim.validation import check_lanczos_steps
@@ -157,25 +158,25 @@ class KrylovSolveInfo:
 
 def _apply(
     basis: LanczosBasis, s: Tensor, factors: Tensor, damping: float, v: Tensor, *, in_span: bool
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    r"""Return ``d``, the Ritz coefficients ``S^T Q v`` (float64) and the complement.
+) -> tuple[Tensor, Tensor, float]:
+    r"""Return ``d``, the Ritz coefficients ``S^T Q v`` (float64) and the complement's norm².
 
     The step is formed in the basis's coordinates, :math:`d = Q^\top S f S^\top Q v`, so the
     ``[P, m]`` Ritz vectors are never formed; the complement is :math:`v - Q^\top S S^\top Q v`.
     With ``in_span`` (the Krylov space was started from ``v``, so ``v`` lies in it exactly),
-    the complement is rounding noise and is dropped (``None``) rather than amplified by
-    ``1/damping``.
+    the complement is rounding noise and is dropped (norm² 0) rather than amplified by
+    ``1/damping``. Otherwise ``d`` is built in the complement's buffer: ``complement /
+    damping``, then :math:`Q^\top S f S^\top Q v` added block by block of columns.
     """
     coeffs = s.T @ basis.coordinates(v).to(device=s.device, dtype=s.dtype)
     fc = factors * coeffs
     if in_span:
         d = basis.combine((s @ fc)[:, None])[:, 0]
-        return d, coeffs, None
-    both = basis.combine(torch.stack([s @ fc, s @ coeffs], dim=1))
-    complement = v - both[:, 1]
-    d = complement / damping
-    d += both[:, 0]  # the same sum as both[:, 0] + complement / damping, one buffer less
-    return d, coeffs, complement
+        return d, coeffs, 0.0
+    d = basis.combine((s @ coeffs)[:, None])[:, 0].neg_().add_(v)  # the complement
+    r2 = _squared_norm(d)
+    basis.add_combination(d.div_(damping), s @ fc)
+    return d, coeffs, r2
 
 
 def _solve_in_basis(
@@ -200,11 +201,10 @@ def _solve_in_basis(
     factors, clipped = _spectral_factors(ritz_values, damping, transform)
     s = coordinates.to(device="cpu", dtype=torch.float64)
     view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
-    d, c64, complement = _apply(view, s, factors, damping, v, in_span=in_span)
+    d, c64, r2 = _apply(view, s, factors, damping, v, in_span=in_span)
     if vnorm2 is None:
         vnorm2 = _squared_norm(v)
     fc = factors * c64
-    r2 = 0.0 if complement is None else _squared_norm(complement)
     empty = torch.zeros(0, dtype=torch.float64, device="cpu")
     info = KrylovSolveInfo(
         ritz_values=ritz_values,
@@ -438,7 +438,7 @@ def krylov_solve(
             info.relative_residual = _relative_residual(info, beta)
         info.product_seconds = timer.seconds
     info.total_seconds = time.perf_counter() - start
-    if not bool(torch.isfinite(d).all()):
+    if not _all_finite(d):
         raise FloatingPointError("krylov_solve produced a non-finite result.")
     return (d, info) if return_info else d
 

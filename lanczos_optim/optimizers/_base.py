@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lanczos_optim._augmented import _augmented_solve
+from lanczos_optim._finite import _all_finite
 from lanczos_optim._graph_products import BatchedProduct, ggn_product, hessian_product
 from lanczos_optim._outputs import select_outputs
 from lanczos_optim._warm_start import _warm_solver
@@ -872,7 +873,7 @@ class _LanczosNewtonBase(Optimizer):
         if kinfo.num_products == 0:  # the cached solve: the cached run's weights and residuals
             kinfo.weights = _cpu64(state["ritz_weights"])
             kinfo.residuals = _cpu64(state["ritz_residuals"])
-        if not bool(torch.isfinite(d).all()):
+        if not _all_finite(d):
             raise _SkipStep("non-finite curvature")
         return _Solve(d, kinfo, None, state["basis_age"] + 1)
 
