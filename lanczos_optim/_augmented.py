@@ -31,7 +31,9 @@ from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._dot64 import _dot64, _norm64, _squared_norm
+from lanczos_optim._finite import _all_finite
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, _spectral_factors
+from lanczos_optim.lanczos import _sub_scaled
 
 
 def _complement_floor(v: Tensor, basis: Tensor) -> float:
@@ -52,6 +54,7 @@ def _augmented_solve(
     couple: bool = True,
     extra: Tensor | None = None,
     in_span: bool = False,
+    keep_vector: bool = True,
 ) -> tuple[Tensor, KrylovSolveInfo]:
     r"""The step in ``span(Q, r)`` for a reused basis ``(Q, S, theta)``; see the module docstring.
 
@@ -67,6 +70,11 @@ def _augmented_solve(
     :math:`\mathrm{span}(Q)` (a run started from ``v``), otherwise the rest of ``v`` outside
     :math:`\mathrm{span}(Q, \hat r)` gets the step :math:`1/\delta`, as in
     :func:`~lanczos_optim.krylov._solve_in_basis`.
+
+    The info keeps the complement's unit vector :math:`\hat r` (``[P]``) for its
+    :meth:`~lanczos_optim.krylov.KrylovSolveInfo.apply` and ``ritz_vectors``; without
+    ``keep_vector`` (the optimisers, which read only the info's scalars) it is freed on
+    return and those two raise.
 
     Raises:
         FloatingPointError: If the product is not finite.
@@ -92,11 +100,12 @@ def _augmented_solve(
     rv = rnorm if extra is None else _dot64(rhat, v)
     rest = None
     if extra is not None and not in_span:
-        rest = view.combine(qv[:, None])[:, 0].neg_().add_(v).sub_(rv * rhat)
+        rest = view.combine(qv[:, None])[:, 0].neg_().add_(v)
+        _sub_scaled(rest, rv, rhat)
     t0 = time.perf_counter()
     cr = matvec(rhat)
     seconds = time.perf_counter() - t0
-    if not bool(torch.isfinite(cr).all()):
+    if not _all_finite(cr):
         raise FloatingPointError("the curvature product of the complement is not finite.")
     s = coordinates.to(device="cpu", dtype=torch.float64)
     theta = ritz_values.to(device="cpu", dtype=torch.float64)
@@ -113,11 +122,11 @@ def _augmented_solve(
     fc = factors * c
     y = (w @ fc).to(device=v.device, dtype=v.dtype)
     d = view.combine(y[:m, None])[:, 0]
-    d += y[m] * rhat
+    _add_scaled(d, y[m], rhat)
     v_dot_d = float(fc @ c)
     if rest is not None:
-        d += rest / damping
         v_dot_d += _squared_norm(rest) / damping
+        d += rest.div_(damping)  # rest is this function's own buffer
     info = KrylovSolveInfo(
         ritz_values=phi,
         weights=c * c / vnorm2,
@@ -137,6 +146,17 @@ def _augmented_solve(
         _in_span=rest is None,
         _dtype=v.dtype,
         _device=v.device,
-        _extra=rhat,
+        _extra=rhat if keep_vector else None,
     )
     return d, info
+
+
+#: Entries per slice of an in-place update (256 KiB of float32).
+_SLICE = 2**16
+
+
+def _add_scaled(d: Tensor, scale: Tensor, x: Tensor) -> None:
+    """``d += scale * x`` slice by slice: the values of ``d + scale * x``, no ``[P]`` temporary."""
+    for start in range(0, d.numel(), _SLICE):
+        stop = start + _SLICE
+        d[start:stop] += scale * x[start:stop]

@@ -8,14 +8,20 @@ from torch import Tensor
 _CHUNK = 16
 _CHUNK_BYTES = 32 * 2**20
 _DGKS = 2**-0.5
+#: Entries of one block of converted columns (4 MiB in float32): no full converted row is live.
+_BLOCK = 2**20
 
 
 class LanczosBasis:
     """Orthonormal Lanczos vectors kept in ``storage_dtype`` on ``storage_device``.
 
     All arithmetic runs on the compute device in the compute dtype. When the storage differs,
-    vectors move over in chunks of at most 16 vectors and 32 MiB, so the converted copies add
-    little to the stored basis; when it is the same, one matrix product does each projection.
+    vectors move over in groups of at most 16 vectors and 32 MiB, each group in blocks of at
+    most 2^20 converted entries (so no full converted row is live; a vector of at most
+    2^20 / group-size entries gives the values of one product over the group, longer ones
+    sum the float32 coordinates of their blocks, which can change the last bits); when it is
+    the same, one matrix product gives the coordinates and the correction is subtracted
+    block by block of columns.
     """
 
     def __init__(
@@ -65,19 +71,49 @@ class LanczosBasis:
         """Basis vector ``j`` in the compute dtype on the compute device."""
         return self.data[j].to(self.device, self.dtype)
 
-    def _chunks(self):
+    def _groups(self):
+        """Row groups ``(start, stop)`` of at most ``self._chunk`` stored vectors."""
         for start in range(0, self.size, self._chunk):
-            stop = min(start + self._chunk, self.size)
-            yield start, stop, self.data[start:stop].to(self.device, self.dtype)
+            yield start, min(start + self._chunk, self.size)
+
+    def _columns(self, rows: int):
+        """Column ranges whose converted block of ``rows`` rows has at most ``_BLOCK`` entries."""
+        dim = self.data.shape[1]
+        width = max(1, _BLOCK // max(1, rows))
+        for start in range(0, dim, width):
+            yield start, min(start + width, dim)
+
+    def _converted(self, start: int, stop: int, lo: int, hi: int) -> Tensor:
+        """Stored rows ``start:stop``, columns ``lo:hi``, in the compute dtype and device."""
+        return self.data[start:stop, lo:hi].to(self.device, self.dtype)
+
+    def _group_coordinates(self, start: int, stop: int, w: Tensor) -> Tensor:
+        """``V[start:stop] w``, summed over column blocks (one block: one product, as before)."""
+        blocks = iter(self._columns(stop - start))
+        lo, hi = next(blocks)
+        c = self._converted(start, stop, lo, hi) @ w[lo:hi]
+        for lo, hi in blocks:
+            c += self._converted(start, stop, lo, hi) @ w[lo:hi]
+        return c
+
+    def _sub_combination(self, w: Tensor, start: int, stop: int, c: Tensor) -> None:
+        """``w -= V[start:stop]^T c`` column block by column block (no ``[P]`` temporary).
+
+        Each entry gets the same products summed in the same order as one product over all
+        columns, so the values are those of ``w -= V^T c`` to the bit.
+        """
+        for lo, hi in self._columns(stop - start):
+            q = self.data[start:stop, lo:hi]
+            q = q if self._direct else q.to(self.device, self.dtype)
+            w[lo:hi].sub_(q.T @ c)
 
     def _project_once(self, w: Tensor) -> None:
-        """``w -= V^T V w`` in place (one ``[P]`` temporary at a time)."""
+        """``w -= V^T V w`` in place, converting and subtracting block by block of columns."""
         if self._direct:
-            q = self.data[: self.size]
-            w.sub_(q.T @ (q @ w))
+            self._sub_combination(w, 0, self.size, self.data[: self.size] @ w)
             return
-        for _, _, q in self._chunks():
-            w.sub_(q.T @ (q @ w))
+        for start, stop in self._groups():
+            self._sub_combination(w, start, stop, self._group_coordinates(start, stop, w))
 
     def project_out(self, w: Tensor, *, overwrite: bool = False) -> Tensor:
         r"""Remove from ``w`` its components along the stored vectors.
@@ -105,7 +141,7 @@ class LanczosBasis:
             return self.data[: self.size] @ w
         if self.size == 0:
             return w.new_zeros(0)
-        return torch.cat([q @ w for _, _, q in self._chunks()])
+        return torch.cat([self._group_coordinates(a, b, w) for a, b in self._groups()])
 
     def combine(self, coefficients: Tensor) -> Tensor:
         """Return ``V^T C`` for a ``[size, k]`` coefficient matrix ``C``: shape ``[P, k]``."""
@@ -113,9 +149,27 @@ class LanczosBasis:
         if self._direct:
             return self.data[: self.size].T @ c
         out = torch.zeros(self.data.shape[1], c.shape[1], dtype=self.dtype, device=self.device)
-        for start, stop, q in self._chunks():
-            out += q.T @ c[start:stop]
+        for start, stop in self._groups():
+            for lo, hi in self._columns(stop - start):
+                out[lo:hi] += self._converted(start, stop, lo, hi).T @ c[start:stop]
         return out
+
+    def add_combination(self, out: Tensor, coefficients: Tensor) -> None:
+        """``out += V^T c`` for a ``[size]`` vector ``c``, block by block of columns.
+
+        The values are those of ``out += self.combine(c[:, None])[:, 0]`` (each entry sums the
+        same products in the same order) without its ``[P]`` result.
+        """
+        c = coefficients.to(self.device, self.dtype)
+        rows = self.size if self._direct else self._chunk
+        for lo, hi in self._columns(rows):
+            if self._direct:
+                out[lo:hi] += self.data[: self.size, lo:hi].T @ c
+                continue
+            part = torch.zeros(hi - lo, dtype=self.dtype, device=self.device)
+            for start, stop in self._groups():
+                part += self._converted(start, stop, lo, hi).T @ c[start:stop]
+            out[lo:hi] += part
 
     def tensor(self) -> Tensor:
         """The stored ``[size, P]`` basis (in its storage dtype and device)."""

@@ -22,6 +22,7 @@ from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._convergence import SolveResidualTest, solve_residual, weighted_residual
 from lanczos_optim._dot64 import _squared_norm
+from lanczos_optim._finite import _all_finite
 from lanczos_optim._linear_operator import _MatVec, as_matvec
 from lanczos_optim.lanczos import _run, _start_vector
 from lanczos_optim.validation import check_lanczos_steps
@@ -101,7 +102,8 @@ class KrylovSolveInfo:
     _dtype: torch.dtype = field(default=torch.float64, repr=False)
     _device: torch.device = field(default=torch.device("cpu"), repr=False)
     #: A unit vector appended to ``basis`` (the augmented reuse step of the optimisers):
-    #: ``coordinates`` then has one row more than ``basis``.
+    #: ``coordinates`` then has one row more than ``basis``. ``None`` with such
+    #: ``coordinates`` when the vector was not kept (:meth:`apply` then raises).
     _extra: Tensor | None = field(default=None, repr=False)
 
     def predicted_decrease(self, lr: float = 1.0) -> float:
@@ -121,12 +123,21 @@ class KrylovSolveInfo:
         Formed on each access (an ``m x P`` matrix, as large as the basis); the solve itself
         never forms them.
         """
+        self._check_extra()
         m = self.basis.shape[0]
         u = self._view().combine(self.coordinates[:m])
         if self._extra is not None:
             extra = self._extra.to(device=u.device, dtype=u.dtype)
             u = u + extra[:, None] * self.coordinates[m:].to(device=u.device, dtype=u.dtype)
         return u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
+
+    def _check_extra(self) -> None:
+        """Raise when the appended unit vector was not kept (an optimiser's reuse step)."""
+        if self._extra is None and self.coordinates.shape[0] > self.basis.shape[0]:
+            raise RuntimeError(
+                "this solve's complement vector was not kept (an optimiser's reuse step keeps "
+                "only the step's scalars); the basis alone cannot apply it."
+            )
 
     def _view(self) -> LanczosBasis:
         return LanczosBasis.of(self.basis, dtype=self._dtype, device=self._device)
@@ -137,6 +148,7 @@ class KrylovSolveInfo:
         .. math::
             d = Q^\top S\, f(\Theta)\, S^\top Q v + \frac{1}{\delta}\,(v - Q^\top S S^\top Q v)
         """
+        self._check_extra()
         data = self.basis
         if self._extra is not None:  # the augmented basis, formed for this one product
             data = torch.cat([data.to(v.device, v.dtype), self._extra.to(v.device, v.dtype)[None]])
@@ -146,25 +158,25 @@ class KrylovSolveInfo:
 
 def _apply(
     basis: LanczosBasis, s: Tensor, factors: Tensor, damping: float, v: Tensor, *, in_span: bool
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    r"""Return ``d``, the Ritz coefficients ``S^T Q v`` (float64) and the complement.
+) -> tuple[Tensor, Tensor, float]:
+    r"""Return ``d``, the Ritz coefficients ``S^T Q v`` (float64) and the complement's norm².
 
     The step is formed in the basis's coordinates, :math:`d = Q^\top S f S^\top Q v`, so the
     ``[P, m]`` Ritz vectors are never formed; the complement is :math:`v - Q^\top S S^\top Q v`.
     With ``in_span`` (the Krylov space was started from ``v``, so ``v`` lies in it exactly),
-    the complement is rounding noise and is dropped (``None``) rather than amplified by
-    ``1/damping``.
+    the complement is rounding noise and is dropped (norm² 0) rather than amplified by
+    ``1/damping``. Otherwise ``d`` is built in the complement's buffer: ``complement /
+    damping``, then :math:`Q^\top S f S^\top Q v` added block by block of columns.
     """
     coeffs = s.T @ basis.coordinates(v).to(device=s.device, dtype=s.dtype)
     fc = factors * coeffs
     if in_span:
         d = basis.combine((s @ fc)[:, None])[:, 0]
-        return d, coeffs, None
-    both = basis.combine(torch.stack([s @ fc, s @ coeffs], dim=1))
-    complement = v - both[:, 1]
-    d = complement / damping
-    d += both[:, 0]  # the same sum as both[:, 0] + complement / damping, one buffer less
-    return d, coeffs, complement
+        return d, coeffs, 0.0
+    d = basis.combine((s @ coeffs)[:, None])[:, 0].neg_().add_(v)  # the complement
+    r2 = _squared_norm(d)
+    basis.add_combination(d.div_(damping), s @ fc)
+    return d, coeffs, r2
 
 
 def _solve_in_basis(
@@ -189,11 +201,10 @@ def _solve_in_basis(
     factors, clipped = _spectral_factors(ritz_values, damping, transform)
     s = coordinates.to(device="cpu", dtype=torch.float64)
     view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
-    d, c64, complement = _apply(view, s, factors, damping, v, in_span=in_span)
+    d, c64, r2 = _apply(view, s, factors, damping, v, in_span=in_span)
     if vnorm2 is None:
         vnorm2 = _squared_norm(v)
     fc = factors * c64
-    r2 = 0.0 if complement is None else _squared_norm(complement)
     empty = torch.zeros(0, dtype=torch.float64, device="cpu")
     info = KrylovSolveInfo(
         ritz_values=ritz_values,
@@ -427,7 +438,7 @@ def krylov_solve(
             info.relative_residual = _relative_residual(info, beta)
         info.product_seconds = timer.seconds
     info.total_seconds = time.perf_counter() - start
-    if not bool(torch.isfinite(d).all()):
+    if not _all_finite(d):
         raise FloatingPointError("krylov_solve produced a non-finite result.")
     return (d, info) if return_info else d
 

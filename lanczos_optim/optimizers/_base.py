@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lanczos_optim._augmented import _augmented_solve
+from lanczos_optim._finite import _all_finite
 from lanczos_optim._graph_products import BatchedProduct
 from lanczos_optim._warm_start import _warm_solver
 from lanczos_optim.flatten import flatten_tensors, unflatten_vector
@@ -531,14 +532,22 @@ class _LanczosNewtonBase(GradientGraph, ClosureProtocol, Optimizer):
             try:
                 couple = mode == "augment"
                 d, kinfo = _augmented_solve(
-                    theta, q, s, damping, self._transform, flat_g, op.matvec, couple=couple
+                    theta,
+                    q,
+                    s,
+                    damping,
+                    self._transform,
+                    flat_g,
+                    op.matvec,
+                    couple=couple,
+                    keep_vector=False,  # only the info's scalars are read: r-hat freed here
                 )
             except FloatingPointError:
                 raise _SkipStep("non-finite curvature") from None
         if kinfo.num_products == 0:  # the cached solve: the cached run's weights and residuals
             kinfo.weights = _cpu64(state["ritz_weights"])
             kinfo.residuals = _cpu64(state["ritz_residuals"])
-        if not bool(torch.isfinite(d).all()):
+        if not _all_finite(d):
             raise _SkipStep("non-finite curvature")
         return _Solve(d, kinfo, None, state["basis_age"] + 1)
 

@@ -90,6 +90,7 @@ def extend(
         matvec,
         extra=prev,
         in_span=kinfo._in_span,
+        keep_vector=False,  # the optimiser reads only the info's scalars
     )
     info.num_products += kinfo.num_products
     info.product_seconds += kinfo.product_seconds
