@@ -31,9 +31,8 @@ from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._dot64 import _dot64, _norm64, _squared_norm
-from lanczos_optim._finite import _all_finite
+from lanczos_optim._slices import add_scaled, all_finite, sub_scaled
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, _spectral_factors
-from lanczos_optim.lanczos import _sub_scaled
 
 
 def _complement_floor(v: Tensor, basis: Tensor) -> float:
@@ -101,11 +100,11 @@ def _augmented_solve(
     rest = None
     if extra is not None and not in_span:
         rest = view.combine(qv[:, None])[:, 0].neg_().add_(v)
-        _sub_scaled(rest, rv, rhat)
+        sub_scaled(rest, rv, rhat)
     t0 = time.perf_counter()
     cr = matvec(rhat)
     seconds = time.perf_counter() - t0
-    if not _all_finite(cr):
+    if not all_finite(cr):
         raise FloatingPointError("the curvature product of the complement is not finite.")
     s = coordinates.to(device="cpu", dtype=torch.float64)
     theta = ritz_values.to(device="cpu", dtype=torch.float64)
@@ -122,7 +121,7 @@ def _augmented_solve(
     fc = factors * c
     y = (w @ fc).to(device=v.device, dtype=v.dtype)
     d = view.combine(y[:m, None])[:, 0]
-    _add_scaled(d, y[m], rhat)
+    add_scaled(d, y[m], rhat)
     v_dot_d = float(fc @ c)
     if rest is not None:
         v_dot_d += _squared_norm(rest) / damping
@@ -149,14 +148,3 @@ def _augmented_solve(
         _extra=rhat if keep_vector else None,
     )
     return d, info
-
-
-#: Entries per slice of an in-place update (256 KiB of float32).
-_SLICE = 2**16
-
-
-def _add_scaled(d: Tensor, scale: Tensor, x: Tensor) -> None:
-    """``d += scale * x`` slice by slice: the values of ``d + scale * x``, no ``[P]`` temporary."""
-    for start in range(0, d.numel(), _SLICE):
-        stop = start + _SLICE
-        d[start:stop] += scale * x[start:stop]

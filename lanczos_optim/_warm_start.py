@@ -25,8 +25,8 @@ from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._block_lanczos import block_lanczos
-from lanczos_optim._finite import _all_finite
 from lanczos_optim._linear_operator import as_matvec
+from lanczos_optim._slices import all_finite
 from lanczos_optim.krylov import KrylovSolveInfo, _matmat_of, _solve_in_basis, _Timed
 
 
@@ -75,7 +75,7 @@ def _warm_solve(
     info.num_products, info.breakdown = block.num_products, block.breakdown
     info.product_seconds = timer.seconds
     info.total_seconds = time.perf_counter() - start_time
-    if not _all_finite(d):
+    if not all_finite(d):
         raise FloatingPointError("the warm-started solve produced a non-finite result.")
     return d, info
 

@@ -22,8 +22,8 @@ from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._convergence import SolveResidualTest, solve_residual, weighted_residual
 from lanczos_optim._dot64 import _squared_norm
-from lanczos_optim._finite import _all_finite
 from lanczos_optim._linear_operator import _MatVec, as_matvec
+from lanczos_optim._slices import all_finite
 from lanczos_optim.lanczos import _run, _start_vector
 from lanczos_optim.validation import check_lanczos_steps
 
@@ -438,7 +438,7 @@ def krylov_solve(
             info.relative_residual = _relative_residual(info, beta)
         info.product_seconds = timer.seconds
     info.total_seconds = time.perf_counter() - start
-    if not _all_finite(d):
+    if not all_finite(d):
         raise FloatingPointError("krylov_solve produced a non-finite result.")
     return (d, info) if return_info else d
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._convergence import STOP_ON, ResidualTest
 from lanczos_optim._linear_operator import _MatVec, as_matvec
+from lanczos_optim._slices import sub_scaled
 from lanczos_optim._symmetry import SymmetryCheck
 from lanczos_optim.validation import check_lanczos_steps
 
@@ -267,17 +268,6 @@ def _residual_test(tol: float | None, stop_on: str, num_steps: int) -> ResidualT
     return None if tol is None else ResidualTest(tol, stop_on, capacity=min(num_steps, 64))
 
 
-#: Entries per slice of an in-place elementwise update (256 KiB of float32).
-_SLICE = 2**16
-
-
-def _sub_scaled(w: Tensor, scale: float, x: Tensor) -> None:
-    """``w -= scale * x`` slice by slice: the values of ``w - scale * x``, no ``[P]`` temporary."""
-    for start in range(0, w.numel(), _SLICE):
-        stop = start + _SLICE
-        w[start:stop].sub_(scale * x[start:stop])
-
-
 class _Recurrence:
     r"""The Lanczos three-term recurrence with optional full reorthogonalisation.
 
@@ -323,12 +313,12 @@ class _Recurrence:
         if w is v or w._base is not None:  # never update the operator's or the caller's vector
             w = w.clone()
         alpha = float(torch.dot(v, w))
-        _sub_scaled(w, alpha, v)
+        sub_scaled(w, alpha, v)
         if self.basis.exact_rows:
             v = row  # the caller's vector is no longer needed: freed here
         if j > 0:
             self.symmetry.compare(float(torch.dot(v_prev, w)), self.beta_prev, self._anorm, j)
-            _sub_scaled(w, self.beta_prev, v_prev)
+            sub_scaled(w, self.beta_prev, v_prev)
         if self.reorthogonalize:
             w = self.basis.project_out(w, overwrite=True)
         beta = float(torch.linalg.vector_norm(w))

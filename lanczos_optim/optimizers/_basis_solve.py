@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from lanczos_optim._augmented import _augmented_solve
-from lanczos_optim._finite import _all_finite
 from lanczos_optim._graph_products import BatchedProduct
+from lanczos_optim._slices import all_finite
 from lanczos_optim._warm_start import _warm_solver
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, krylov_solve
 from lanczos_optim.optimizers import _protocols, _subspace
@@ -236,6 +236,6 @@ class BasisSolve:
         if kinfo.num_products == 0:  # the cached solve: the cached run's weights and residuals
             kinfo.weights = cpu64(state["ritz_weights"])
             kinfo.residuals = cpu64(state["ritz_residuals"])
-        if not _all_finite(d):
+        if not all_finite(d):
             raise SkipStep("non-finite curvature")
         return Solve(d, kinfo, None, state["basis_age"] + 1)
