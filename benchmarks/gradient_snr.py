@@ -4,7 +4,7 @@ Why does adaptive damping with the reduction ratio measured on a *second* batch
 (``rho_closure``) drive the damping to its ceiling? For a large damping :math:`\delta` the step
 is :math:`d \approx -g_B/\delta` along the step batch's gradient :math:`g_B`, the model predicts
 the decrease :math:`\|g_B\|^2/\delta` and an independent batch :math:`B'` sees
-:math:`g_{B'}^\top g_B/\delta`. The expected ratio is then the gradient's signal fraction
+:math:`g_{B'}^\top g_B/\delta`. The ratio of the expectations is then the gradient's signal fraction
 
 .. math::
     \mathrm{SNR} = \frac{\|\bar g\|^2}{\mathbb E \|g_B\|^2}, \qquad
