@@ -97,26 +97,12 @@ HEADER = [
 ]
 
 
-class _Batches:
-    """Mini-batch indices drawn as ``peers_optim.train_run`` draws them, from a seeded generator."""
-
-    def __init__(self, n: int, batch: int, seed: int) -> None:
-        self.n, self.batch, self.gen = n, batch, torch.Generator().manual_seed(seed)
-        self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
-
-    def next(self) -> Tensor:
-        if self.pos + self.batch > self.n:
-            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
-        idx = self.perm[self.pos : self.pos + self.batch]
-        self.pos += self.batch
-        return idx
-
-
 def _rho_source(prob: po.Problem, data: po.Data, where: str, seed: int) -> Any:
     """``source(model)``: a callable returning each step's ``rho_closure`` (module docstring)."""
     xtr, ytr = data.train
-    loss_fn = po._reconstruction if prob.autoencoder else po._ce
-    batches = _Batches(len(ytr), prob.batch, (1000 if where == "next" else 2000) + seed)
+    loss_fn = po.loss_of(prob)
+    stream = po.TRAIN_STREAM if where == "next" else po.SECOND_STREAM
+    batches = po.Batches(len(ytr), prob.batch, stream + seed)
     if where == "next":
         batches.next()  # the training stream's first batch: step t gets batch t + 1
 

@@ -67,14 +67,10 @@ def gradient_snr(model: nn.Module, loss_fn: po.LossFn, x: Tensor, y: Tensor, bat
     return signal / (signal + (n - batch) / (batch * (n - 1)) * spread)
 
 
-def _loss_fn(prob: po.Problem) -> po.LossFn:
-    return po._reconstruction if prob.autoencoder else po._ce
-
-
 def _run(name: str, prob: po.Problem) -> list[str]:
     data = po.load_data(prob)
     x, y = data.train
-    loss_fn = _loss_fn(prob)
+    loss_fn = po.loss_of(prob)
     torch.manual_seed(0)
     model = prob.model()
     opt = LanczosNewton(model.parameters())

@@ -106,8 +106,8 @@ def _greedy_row(
     ``full`` from the gradient of the whole training split (the control without sampling noise
     in ``b``)."""
     xtr, ytr = data.train
-    loss_fn = po._reconstruction if prob.autoencoder else po._ce
-    batches = ds._Batches(len(ytr), prob.batch, 2000 + seed)
+    loss_fn = po.loss_of(prob)
+    batches = po.Batches(len(ytr), prob.batch, po.SECOND_STREAM + seed)
     made: list[_Greedy] = []
 
     def second(model: torch.nn.Module) -> Tensor:
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    name = "greedy_damping_full.md" if args.full_gradient else "greedy_damping.md"
-    out = args.out or po.RESULTS / name
+    report = "greedy_damping_full.md" if args.full_gradient else "greedy_damping.md"
+    out = args.out or po.RESULTS / report
     torch.set_num_threads(1)
     started = time.perf_counter()
     lines = [

@@ -154,6 +154,33 @@ def problems(quick: bool) -> dict[str, Problem]:
     }
 
 
+def loss_of(prob: Problem) -> LossFn:
+    """The problem's loss: the reconstruction loss of the autoencoder, else cross-entropy."""
+    return _reconstruction if prob.autoencoder else _ce
+
+
+#: Seed offsets of the training batches' generator and of a second, independent stream.
+TRAIN_STREAM, SECOND_STREAM = 1000, 2000
+
+
+class Batches:
+    """Mini-batch indices of one shuffled pass after another (a new permutation per epoch).
+
+    ``Batches(n, batch, TRAIN_STREAM + seed)`` is the training stream of :func:`train_run`.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int) -> None:
+        self.n, self.batch, self.gen = n, batch, torch.Generator().manual_seed(seed)
+        self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
+
+    def next(self) -> Tensor:
+        if self.pos + self.batch > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return idx
+
+
 @dataclass
 class Data:
     train: tuple[Tensor, Tensor]
@@ -297,7 +324,7 @@ def _state_mib(opt: torch.optim.Optimizer) -> float:
 
 def train_run(prob: Problem, data: Data, spec: Spec, run: Run, eval_every: int | None) -> Run:
     """Train from seed ``run.seed``'s weights on its batches; fills ``run`` in place."""
-    loss_fn = _reconstruction if prob.autoencoder else _ce
+    loss_fn = loss_of(prob)
     torch.manual_seed(run.seed)
     model = prob.model()
     xtr, ytr = data.train
@@ -307,16 +334,13 @@ def train_run(prob: Problem, data: Data, spec: Spec, run: Run, eval_every: int |
     except Exception as err:  # an optimiser that does not run here: recorded, not fatal
         run.error = f"{type(err).__name__}: {err}".splitlines()[0][:200]
         return run
-    order = torch.Generator().manual_seed(1000 + run.seed)
+    batches = Batches(len(ytr), prob.batch, TRAIN_STREAM + run.seed)
     loss0 = _evaluate(model, loss_fn, xtr, ytr, prob.autoencoder)[0]
     run.steps, run.seconds, run.train_loss = [0], [0.0], [loss0]
-    perm, pos, clock = torch.randperm(len(ytr), generator=order), 0, 0.0
+    clock = 0.0
     model.train()
     for it in range(1, prob.steps + 1):
-        if pos + prob.batch > len(ytr):
-            perm, pos = torch.randperm(len(ytr), generator=order), 0
-        idx = perm[pos : pos + prob.batch]
-        pos += prob.batch
+        idx = batches.next()
         t0 = time.perf_counter()
         try:
             loss, _ = train_step(model, opt, loss_fn, xtr[idx], ytr[idx])
@@ -378,7 +402,7 @@ def run_problem(
 # ----------------------------------------------------------------------------- quiet timing
 def _time_steps(prob: Problem, data: Data, spec: Spec, setting: dict, steps: int) -> float:
     """Seconds per step of ``spec`` at ``setting`` over ``steps`` steps after 3 warm-up steps."""
-    loss_fn = _reconstruction if prob.autoencoder else _ce
+    loss_fn = loss_of(prob)
     torch.manual_seed(0)
     model = prob.model()
     opt = spec.make(list(model.parameters()), model, **setting)
