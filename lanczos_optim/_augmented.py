@@ -30,8 +30,7 @@ import torch
 from torch import Tensor
 
 from lanczos_optim._basis import LanczosBasis
-from lanczos_optim._dot64 import _dot64, _norm64, _squared_norm
-from lanczos_optim._slices import add_scaled, all_finite, sub_scaled
+from lanczos_optim._slices import add_scaled, all_finite, dot64, norm64, squared_norm, sub_scaled
 from lanczos_optim.krylov import KrylovSolveInfo, _solve_in_basis, _spectral_factors
 
 
@@ -80,15 +79,15 @@ def _augmented_solve(
     """
     view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
     qv = view.coordinates(v)
-    vnorm2 = _squared_norm(v)
+    vnorm2 = squared_norm(v)
     if extra is None:
         r = view.combine(qv[:, None])[:, 0].neg_().add_(v)  # v - Q^T Q v, in one buffer
     else:
         r = view.project_out(extra.to(device=v.device, dtype=v.dtype))
     qv64 = qv.to(device="cpu", dtype=torch.float64)
     share = min(1.0, float(qv64 @ qv64) / vnorm2) if vnorm2 > 0 else 1.0
-    rnorm = _norm64(r)
-    scale = vnorm2**0.5 if extra is None else _norm64(extra)
+    rnorm = norm64(r)
+    scale = vnorm2**0.5 if extra is None else norm64(extra)
     if vnorm2 == 0.0 or rnorm <= _complement_floor(v, basis) * scale:
         del r
         return _solve_in_basis(
@@ -96,7 +95,7 @@ def _augmented_solve(
         )
     rhat = r.div_(rnorm)  # r is this function's own buffer
     # v's coordinate on rhat, and (a momentum step from a basis v does not span) v's rest.
-    rv = rnorm if extra is None else _dot64(rhat, v)
+    rv = rnorm if extra is None else dot64(rhat, v)
     rest = None
     if extra is not None and not in_span:
         rest = view.combine(qv[:, None])[:, 0].neg_().add_(v)
@@ -113,7 +112,7 @@ def _augmented_solve(
     a[:m, :m] = (s * theta) @ s.T
     if couple:
         a[:m, m] = a[m, :m] = view.coordinates(cr).to(device="cpu", dtype=torch.float64)
-    a[m, m] = _dot64(rhat, cr)
+    a[m, m] = dot64(rhat, cr)
     del cr  # one [P] buffer less while d is formed
     phi, w = torch.linalg.eigh((a + a.T) / 2)
     c = w.T @ torch.cat([qv64, qv64.new_tensor([rv])])
@@ -124,7 +123,7 @@ def _augmented_solve(
     add_scaled(d, y[m], rhat)
     v_dot_d = float(fc @ c)
     if rest is not None:
-        v_dot_d += _squared_norm(rest) / damping
+        v_dot_d += squared_norm(rest) / damping
         d += rest.div_(damping)  # rest is this function's own buffer
     info = KrylovSolveInfo(
         ritz_values=phi,

@@ -21,9 +21,8 @@ from torch import Tensor
 from lanczos_optim._basis import LanczosBasis
 from lanczos_optim._block_lanczos import block_lanczos
 from lanczos_optim._convergence import SolveResidualTest, solve_residual, weighted_residual
-from lanczos_optim._dot64 import _squared_norm
 from lanczos_optim._linear_operator import _MatVec, as_matvec
-from lanczos_optim._slices import all_finite
+from lanczos_optim._slices import all_finite, squared_norm
 from lanczos_optim.lanczos import _run, _start_vector
 from lanczos_optim.validation import check_lanczos_steps
 
@@ -174,7 +173,7 @@ def _apply(
         d = basis.combine((s @ fc)[:, None])[:, 0]
         return d, coeffs, 0.0
     d = basis.combine((s @ coeffs)[:, None])[:, 0].neg_().add_(v)  # the complement
-    r2 = _squared_norm(d)
+    r2 = squared_norm(d)
     basis.add_combination(d.div_(damping), s @ fc)
     return d, coeffs, r2
 
@@ -203,7 +202,7 @@ def _solve_in_basis(
     view = LanczosBasis.of(basis, dtype=v.dtype, device=v.device)
     d, c64, r2 = _apply(view, s, factors, damping, v, in_span=in_span)
     if vnorm2 is None:
-        vnorm2 = _squared_norm(v)
+        vnorm2 = squared_norm(v)
     fc = factors * c64
     empty = torch.zeros(0, dtype=torch.float64, device="cpu")
     info = KrylovSolveInfo(
@@ -489,7 +488,7 @@ def _check_operand(op: _MatVec, v: Tensor) -> float:
         )
     if op.dtype != v.dtype:
         raise ValueError(f"v has dtype {v.dtype} but the operator has dtype {op.dtype}.")
-    vnorm2 = _squared_norm(v)
+    vnorm2 = squared_norm(v)
     if not math.isfinite(vnorm2):
         raise ValueError("v has non-finite entries.")
     return vnorm2

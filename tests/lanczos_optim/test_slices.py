@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lanczos_optim._slices import FINITE_SLICE, SLICE, add_scaled, all_finite, sub_scaled
+from lanczos_optim._slices import (
+    FINITE_SLICE,
+    SLICE,
+    add_scaled,
+    all_finite,
+    dot64,
+    norm64,
+    squared_norm,
+    sub_scaled,
+)
 
 LENGTHS = [1, SLICE - 1, SLICE, 3 * SLICE + 5]
 
@@ -39,3 +48,19 @@ def test_all_finite_finds_a_non_finite_entry_in_any_slice() -> None:
         y = x.clone()
         y[index] = value
         assert not all_finite(y)
+
+
+def test_dot64_of_a_short_vector_is_the_whole_float64_dot_to_the_bit() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(SLICE, generator=gen), torch.randn(SLICE, generator=gen)
+    assert dot64(a, b) == float(torch.dot(a.double(), b.double()))
+    assert norm64(a) == float(torch.linalg.vector_norm(a.double()))
+
+
+def test_dot64_of_a_long_vector_sums_the_slices_in_float64() -> None:
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(3 * SLICE + 5, generator=gen), torch.randn(3 * SLICE + 5, generator=gen)
+    exact = float(torch.dot(a.double(), b.double()))
+    assert dot64(a, b) == pytest.approx(exact, rel=1e-12, abs=1e-9)
+    assert squared_norm(a) == pytest.approx(float(a.double() @ a.double()), rel=1e-13)
+    assert norm64(a) == pytest.approx(float(torch.linalg.vector_norm(a.double())), rel=1e-13)
