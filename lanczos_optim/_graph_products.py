@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from lanczos_optim._loss_hessian import hessian_vanishes, linear_loss_hessian
+from lanczos_optim.flatten import unflatten_vector
 
 Product = Callable[[Sequence[Tensor]], list[Tensor]]
 
@@ -219,11 +220,47 @@ def ggn_product(
     # the top of the heap, which the allocator can give back, instead of leaving holes under
     # the graph (ResNet-18: about 15 MiB less peak resident memory).
     product = BatchedProduct(gauss_newton_apply(outputs, params, h_out))
-    grads = torch.autograd.grad(
-        outputs, params, grad_outputs=g_out.detach(), retain_graph=True, allow_unused=True
-    )
+    grads = _gradient_in_one_buffer(outputs, params, g_out.detach())
     detached = _fill([None if g is None else g.detach() for g in grads], params)
     return detached, product
+
+
+def _gradient_in_one_buffer(
+    outputs: Tensor, params: Sequence[Tensor], grad_outputs: Tensor
+) -> Sequence[Tensor | None]:
+    """``J^T grad_outputs`` per parameter, each value copied into its slice of one flat buffer.
+
+    A hook on each parameter copies its gradient into the buffer as it comes and hands autograd
+    the slice instead, so the per-parameter values are not all kept until the pass ends (their
+    freed blocks would stay in the heap); the optimisers then use the buffer as their flat
+    gradient. Parameters of several dtypes or devices, or repeated ones, get the plain pass.
+    """
+    kwargs = {"grad_outputs": grad_outputs, "retain_graph": True, "allow_unused": True}
+    first = params[0] if params else None
+    if (
+        first is None
+        or len({id(p) for p in params}) != len(params)
+        or any(p.dtype != first.dtype or p.device != first.device for p in params)
+    ):
+        return torch.autograd.grad(outputs, params, **kwargs)
+    flat = torch.empty(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
+    slots = unflatten_vector(flat, params)
+
+    def hook(slot: Tensor) -> Callable[[Tensor], Tensor | None]:
+        def store(grad: Tensor) -> Tensor | None:
+            if grad.requires_grad or grad.dtype != slot.dtype or grad.shape != slot.shape:
+                return None
+            slot.copy_(grad)
+            return slot
+
+        return store
+
+    handles = [p.register_hook(hook(slot)) for p, slot in zip(params, slots, strict=True)]
+    try:
+        return torch.autograd.grad(outputs, params, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _gradient_edges(
