@@ -177,9 +177,12 @@ def lanczos(
         basis_device: Where the ``m`` Lanczos vectors are stored (e.g. ``"cpu"`` while the
             operator runs on a GPU). Default: the operator's device.
         basis_dtype: Storage precision of the basis (e.g. ``torch.bfloat16`` to halve memory).
-            The recurrence, the current vectors and the reorthogonalisation arithmetic stay in
-            the operator's dtype; only the stored copies are rounded, so orthogonality holds to
-            the storage precision. Memory of the basis: ``m * P * bytes(basis_dtype)``.
+            The products, the current vector and the reorthogonalisation arithmetic stay in
+            the operator's dtype; the stored copies are rounded, and the recurrence subtracts
+            the stored (rounded) previous vector, leaving its rounding error to the full
+            reorthogonalisation (with ``reorthogonalize=False`` it keeps the previous vector
+            itself). Orthogonality and the extreme Ritz values then hold to about the storage
+            precision. Memory of the basis: ``m * P * bytes(basis_dtype)``.
         callback: Called as ``callback(j)`` after step ``j`` (1, 2, ...), once the step's
             product is done, including a last step that breaks down or converges; e.g. to
             advance a progress bar.
