@@ -81,7 +81,7 @@ def _augmented_solve(
     qv = view.coordinates(v)
     vnorm2 = squared_norm(v)
     if extra is None:
-        r = view.combine(qv[:, None])[:, 0].neg_().add_(v)  # v - Q^T Q v, in one buffer
+        r = view.complement(v, qv)  # v - Q^T Q v, in one buffer
     else:
         r = view.project_out(extra.to(device=v.device, dtype=v.dtype))
     qv64 = qv.to(device="cpu", dtype=torch.float64)
@@ -98,7 +98,7 @@ def _augmented_solve(
     rv = rnorm if extra is None else dot64(rhat, v)
     rest = None
     if extra is not None and not in_span:
-        rest = view.combine(qv[:, None])[:, 0].neg_().add_(v)
+        rest = view.complement(v, qv)
         sub_scaled(rest, rv, rhat)
     t0 = time.perf_counter()
     cr = matvec(rhat)

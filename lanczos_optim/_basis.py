@@ -171,6 +171,40 @@ class LanczosBasis:
                 part += self._converted(start, stop, lo, hi).T @ c[start:stop]
             out[lo:hi] += part
 
+    def row_dot(self, j: int, w: Tensor) -> float:
+        """``V[j] . w`` in the compute dtype, row ``j`` converted block by block of columns.
+
+        A row stored in the compute dtype and device gives ``torch.dot(V[j], w)`` to the bit;
+        otherwise the dots of the blocks are summed (no converted copy of the row is live).
+        """
+        if self._direct:
+            return float(torch.dot(self.data[j], w))
+        return sum(
+            float(torch.dot(self._converted(j, j + 1, lo, hi)[0], w[lo:hi]))
+            for lo, hi in self._columns(1)
+        )
+
+    def sub_row(self, w: Tensor, scale: float, j: int) -> None:
+        """``w -= scale * V[j]`` in place, row ``j`` converted block by block of columns.
+
+        Each entry is ``w - scale * V[j]`` computed in the compute dtype, as
+        :func:`~lanczos_optim._slices.sub_scaled` on the converted row gives it.
+        """
+        for lo, hi in self._columns(1):
+            w[lo:hi].sub_(scale * self._converted(j, j + 1, lo, hi)[0])
+
+    def complement(self, v: Tensor, coefficients: Tensor) -> Tensor:
+        """``v - V^T c`` for a ``[size]`` vector ``c``, in one new ``[P]`` buffer.
+
+        Example:
+            >>> basis = LanczosBasis(2, 3, dtype=torch.float64, device=torch.device("cpu"))
+            >>> _ = basis.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+            >>> v = torch.tensor([2.0, 3.0, 4.0], dtype=torch.float64)
+            >>> basis.complement(v, basis.coordinates(v))
+            tensor([0., 3., 4.], dtype=torch.float64)
+        """
+        return self.combine(coefficients[:, None])[:, 0].neg_().add_(v)
+
     def tensor(self) -> Tensor:
         """The stored ``[size, P]`` basis (in its storage dtype and device)."""
         return self.data[: self.size]

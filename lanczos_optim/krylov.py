@@ -172,7 +172,7 @@ def _apply(
     if in_span:
         d = basis.combine((s @ fc)[:, None])[:, 0]
         return d, coeffs, 0.0
-    d = basis.combine((s @ coeffs)[:, None])[:, 0].neg_().add_(v)  # the complement
+    d = basis.complement(v, s @ coeffs)
     r2 = squared_norm(d)
     basis.add_combination(d.div_(damping), s @ fc)
     return d, coeffs, r2

@@ -177,9 +177,12 @@ def lanczos(
         basis_device: Where the ``m`` Lanczos vectors are stored (e.g. ``"cpu"`` while the
             operator runs on a GPU). Default: the operator's device.
         basis_dtype: Storage precision of the basis (e.g. ``torch.bfloat16`` to halve memory).
-            The recurrence, the current vectors and the reorthogonalisation arithmetic stay in
-            the operator's dtype; only the stored copies are rounded, so orthogonality holds to
-            the storage precision. Memory of the basis: ``m * P * bytes(basis_dtype)``.
+            The products, the current vector and the reorthogonalisation arithmetic stay in
+            the operator's dtype; the stored copies are rounded, and the recurrence subtracts
+            the stored (rounded) previous vector, leaving its rounding error to the full
+            reorthogonalisation (with ``reorthogonalize=False`` it keeps the previous vector
+            itself). Orthogonality and the extreme Ritz values then hold to about the storage
+            precision. Memory of the basis: ``m * P * bytes(basis_dtype)``.
         callback: Called as ``callback(j)`` after step ``j`` (1, 2, ...), once the step's
             product is done, including a last step that breaks down or converges; e.g. to
             advance a progress bar.
@@ -294,14 +297,20 @@ class _Recurrence:
         self._anorm = 0.0
         self._eps = torch.finfo(op.dtype).eps
 
-    def _step(self, j: int, current: list[Tensor], v_prev: Tensor) -> tuple[float, Tensor, Tensor]:
+    def _step(
+        self, j: int, current: list[Tensor], v_prev: Tensor | None
+    ) -> tuple[float, Tensor, Tensor | None]:
         r"""Step ``j`` on ``v`` taken out of ``current``: :math:`\beta_j`, residual, ``v_prev``.
 
-        The residual is unnormalised; the next step's ``v_prev`` is the stored basis row when
+        The residual is unnormalised. The next step's ``v_prev`` is the stored basis row when
         it holds ``v`` exactly, so nothing keeps ``v`` once the recurrence is done with it (the
         dot products still use ``v`` itself: a row's memory alignment can change their last
-        bits). The residual is updated in place, slice by slice: no ``[P]`` temporary besides
-        the product and the Gram-Schmidt correction.
+        bits). A row stored in another dtype or device is not ``v``: with full
+        reorthogonalisation the next step subtracts :math:`\beta_j` times the stored row
+        (``v_prev`` is ``None``), converted block by block, and the Gram-Schmidt pass that
+        follows removes what its rounding leaves along the basis; only the plain recurrence
+        keeps ``v`` itself. The residual is updated in place, slice by slice: no ``[P]``
+        temporary besides the product and the Gram-Schmidt correction.
         """
         op = self.op
         v = current.pop()
@@ -316,9 +325,10 @@ class _Recurrence:
         sub_scaled(w, alpha, v)
         if self.basis.exact_rows:
             v = row  # the caller's vector is no longer needed: freed here
+        elif self.reorthogonalize:
+            v = None  # the next step reads the stored row
         if j > 0:
-            self.symmetry.compare(float(torch.dot(v_prev, w)), self.beta_prev, self._anorm, j)
-            sub_scaled(w, self.beta_prev, v_prev)
+            self._sub_previous(j, w, v_prev)
         if self.reorthogonalize:
             w = self.basis.project_out(w, overwrite=True)
         beta = float(torch.linalg.vector_norm(w))
@@ -332,6 +342,18 @@ class _Recurrence:
             self.callback(j + 1)
         return beta, w, v
 
+    def _sub_previous(self, j: int, w: Tensor, v_prev: Tensor | None) -> None:
+        r"""Check symmetry against :math:`v_{j-1}`, then ``w -= beta_{j-1} v_{j-1}`` in place.
+
+        ``v_prev`` ``None``: :math:`v_{j-1}` is the stored row ``j - 1``, read block by block.
+        """
+        if v_prev is None:
+            self.symmetry.compare(self.basis.row_dot(j - 1, w), self.beta_prev, self._anorm, j)
+            self.basis.sub_row(w, self.beta_prev, j - 1)
+        else:
+            self.symmetry.compare(float(torch.dot(v_prev, w)), self.beta_prev, self._anorm, j)
+            sub_scaled(w, self.beta_prev, v_prev)
+
     def _stops(self, j: int, beta: float) -> bool:
         """Whether the run ends after step ``j``: breakdown, or converged under ``tol``."""
         if beta <= self._eps ** (2 / 3) * self._anorm:
@@ -344,7 +366,7 @@ class _Recurrence:
 
     def iterate(self, start: list[Tensor], num_steps: int) -> None:
         """Run up to ``num_steps`` steps from the unit vector taken out of ``start``."""
-        v_prev = start[0].new_empty(0)  # unused in step 0
+        v_prev: Tensor | None = None  # unused in step 0
         current = [start.pop()]
         for j in range(num_steps):
             beta, w, stored = self._step(j, current, v_prev)

@@ -428,7 +428,10 @@ class _LanczosNewtonBase(BasisSolve, GradientGraph, ClosureProtocol, Optimizer):
             if all(b is not None for b in bufs):
                 # momentum * buffers + d, in the one new buffer
                 direction = flatten_tensors(bufs).mul_(hyper.momentum).add_(solve.d)  # type: ignore[arg-type]
-        update = hyper.lr * direction
+        if hyper.momentum != 0.0 or group["subspace_momentum"]:
+            update = hyper.lr * direction  # the direction outlives the step
+        else:
+            update = direction.mul_(hyper.lr)  # the same values, in the direction's buffer
         scale = 1.0
         bound = group["max_step_norm"]
         norm = float(torch.linalg.vector_norm(update))
@@ -499,7 +502,7 @@ def _mean_gradient(
         SkipStep: When the gradient is not finite.
     """
     with torch.no_grad():
-        flat = _mean_over_ranks(flatten_tensors(grads))  # data-parallel: mean over ranks
+        flat = _mean_over_ranks(_one_buffer(grads))  # data-parallel: mean over ranks
         grads = unflatten_vector(flat, live)
         flat_g = flat
         if isinstance(weight_decay, Tensor) or weight_decay != 0.0:
@@ -508,6 +511,24 @@ def _mean_gradient(
     if not math.isfinite(info.grad_norm):
         raise SkipStep("non-finite gradient")
     return grads, flat_g
+
+
+def _one_buffer(grads: list[Tensor]) -> Tensor:
+    """The flat buffer whose consecutive slices ``grads`` are, else a flat copy of ``grads``.
+
+    The GGN gradient arrives as slices of one buffer
+    (:func:`~lanczos_optim._graph_products.ggn_product`): it is used as it is, not copied.
+    """
+    offset = 0
+    storage = grads[0].untyped_storage() if grads else None
+    for g in grads:
+        same = g.untyped_storage().data_ptr() == storage.data_ptr()  # type: ignore[union-attr]
+        if not same or g.storage_offset() != offset or not g.is_contiguous():
+            return flatten_tensors(grads)
+        offset += g.numel()
+    if not grads or offset * grads[0].element_size() != storage.nbytes():  # type: ignore[union-attr]
+        return flatten_tensors(grads)
+    return torch.as_strided(grads[0], (offset,), (1,), 0)
 
 
 def _close_timings(info: StepInfo, t_start: float) -> None:

@@ -45,6 +45,19 @@ def test_blocks_give_the_dense_projection_coordinates_and_combination(storage) -
     assert torch.equal(out, w + basis.combine(c[:, None])[:, 0])
 
 
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("storage", [torch.float64, torch.bfloat16])
+def test_one_row_read_block_by_block_gives_the_dense_dot_update_and_complement(storage) -> None:
+    basis, v = _basis(storage)
+    w = torch.randn(P, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert basis.row_dot(2, w) == pytest.approx(float(v[2] @ w), rel=1e-12)
+    updated = w.clone()
+    basis.sub_row(updated, 0.7, 2)
+    assert torch.equal(updated, w - 0.7 * v[2])  # elementwise: the same values to the bit
+    c = torch.randn(M, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(basis.complement(w, c), w - v.T @ c, rtol=1e-12, atol=1e-12)
+
+
 def test_augmented_solve_without_its_vector_gives_the_same_step_and_cannot_be_applied() -> None:
     gen = torch.Generator().manual_seed(3)
     a = torch.randn(P, P, generator=gen, dtype=torch.float64)
